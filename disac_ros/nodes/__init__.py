@@ -1,0 +1,1 @@
+"""Thin rclpy adapters around ``disac_ros.core``: parameters, messages, QoS, timers, diagnostics."""

@@ -1,0 +1,15 @@
+# Source this file (". scripts/env.sh") to use the workspace built by scripts/setup.sh.
+_disac_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC1091
+. "$_disac_root/.venv/bin/activate"
+# shellcheck disable=SC1091
+. "$_disac_root/install/setup.bash"
+export AMENT_PREFIX_PATH="$_disac_root/install/disac_ros:$_disac_root/install/disac_interfaces:$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
+# Keep DDS discovery on this host unless the user says otherwise.
+export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
+# A 16 MB shared-memory segment so camera frames do not fall back to fragmented UDP.
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_disac_root/config/fastdds_shm.xml}
+# Never reach for a model hub: all weights come from installed packages or our own checkpoints.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset _disac_root
