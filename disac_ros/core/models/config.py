@@ -1,0 +1,357 @@
+"""Frozen, validated size/hyper-parameter configs of every model of the LLM-DiSAC pipeline.
+
+Each config is a frozen dataclass with ``to_dict()`` / ``from_dict()`` (plain JSON types, so a
+checkpoint stores it as ``config.json``) and ``validate()`` which raises
+:class:`~disac_ros.core.errors.ConfigError` naming the offending field. ``from_dict`` rejects
+unknown keys, so a typo in a YAML file fails loudly instead of silently using a default.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+import math
+import types
+import typing
+from typing import Any, ClassVar, Mapping, TypeVar
+
+from disac_ros.core.errors import ConfigError
+
+T = TypeVar('T', bound='_Config')
+
+# Number of classes the heads predict: index 0 is "no object", 1..4 are CLASS_NAMES[1:] of
+# disac_ros.core.types (car, truck, pedestrian, cyclist).
+NUM_CLASSES_WITH_NO_OBJECT = 5
+
+
+def _check(cond: bool, name: str, problem: str, prefix: str) -> None:
+    if not cond:
+        raise ConfigError(f'{prefix}{name}', problem)
+
+
+class _Config:
+    """Mixin: dict round trip and field validation for frozen dataclasses."""
+
+    SECTION: ClassVar[str] = ''
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of this config (tuples become lists)."""
+        out = asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = '') -> T:
+        """Build from a mapping; unknown keys and bad values raise ConfigError naming the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(prefix.rstrip('.') or cls.SECTION or cls.__name__,
+                              f'expected a mapping, got {type(data).__name__}')
+        prefix = prefix or (cls.SECTION + '.' if cls.SECTION else '')
+        names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f'{prefix}{unknown[0]}',
+                              f'unknown key; expected one of {", ".join(sorted(names))}')
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            kwargs[key] = _coerce(value, hints[key], f'{prefix}{key}')
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise _reprefix(err, cls.SECTION, prefix) from None
+
+    def __post_init__(self) -> None:
+        self.validate(self.SECTION + '.' if self.SECTION else '')
+
+    def validate(self, prefix: str = '') -> None:  # pragma: no cover - overridden
+        """Raise ConfigError naming the first invalid field."""
+
+
+def _reprefix(err: ConfigError, section: str, prefix: str) -> ConfigError:
+    """Re-address an error raised by __post_init__ ('section.x') to the caller's prefix."""
+    name = err.field
+    if section and name.startswith(section + '.'):
+        name = name[len(section) + 1:]
+    return ConfigError(f'{prefix}{name}', err.problem, err.source)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert JSON/YAML scalars and lists to the annotated type, naming the field on error."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f'expected a list, got {type(value).__name__}')
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f'{name}[{i}]') for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f'expected true/false, got {value!r}')
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f'expected an integer, got {value!r}')
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f'expected a number, got {value!r}')
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f'expected a string, got {value!r}')
+        return value
+    return value
+
+
+@dataclass(frozen=True)
+class RVFNConfig(_Config):
+    """RF-vision fusion network (device side).
+
+    Image input (B, 3, H, W) in [0, 1]; RF input (B, rf_in_channels, H_rf, W_rf) of any size:
+    both CNNs end in adaptive average pooling to a fixed token grid.
+    """
+
+    SECTION: ClassVar[str] = 'rvfn'
+    image_channels: int = 3
+    rf_in_channels: int = 2
+    vis_channels: tuple[int, ...] = (32, 64, 128, 128)   # one stride-2 stage each
+    rf_channels: tuple[int, ...] = (32, 64, 128)
+    vis_grid: tuple[int, int] = (4, 4)                   # visual tokens = 16
+    rf_grid: tuple[int, int] = (4, 8)                    # RF tokens = 32 (Doppler x range)
+    dim: int = 128                                       # token width
+    num_heads: int = 4
+    num_cross_layers: int = 2
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    feature_dim: int = 256                               # fused semantic feature size
+    modalities: str = 'both'                             # 'both' | 'rf' | 'camera' (baselines)
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        for name in ('image_channels', 'rf_in_channels', 'dim', 'num_heads', 'feature_dim',
+                     'ffn_mult'):
+            _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
+        _check(self.num_cross_layers >= 0, 'num_cross_layers', 'must be >= 0', p)
+        _check(self.dim % self.num_heads == 0, 'num_heads', f'must divide dim={self.dim}', p)
+        for name in ('vis_channels', 'rf_channels'):
+            val = getattr(self, name)
+            _check(len(val) >= 1 and all(c >= 1 for c in val), name,
+                   'must be a non-empty list of positive channel counts', p)
+        for name in ('vis_grid', 'rf_grid'):
+            val = getattr(self, name)
+            _check(len(val) == 2 and all(g >= 1 for g in val), name,
+                   'must be two positive integers [rows, cols]', p)
+        _check(0.0 <= self.dropout < 1.0, 'dropout', 'must be in [0, 1)', p)
+        _check(self.modalities in ('both', 'rf', 'camera'), 'modalities',
+               f"must be 'both', 'rf' or 'camera', got {self.modalities!r}", p)
+
+
+@dataclass(frozen=True)
+class HeadConfig(_Config):
+    """DETR-style set-prediction head shared by the device-local detector and TRAM."""
+
+    SECTION: ClassVar[str] = 'head'
+    dim: int = 128
+    num_queries: int = 12
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    num_classes: int = NUM_CLASSES_WITH_NO_OBJECT   # index 0 = no object
+    position_scale_m: float = 50.0   # outputs are tanh-bounded to +-2x this (metres)
+    velocity_scale_mps: float = 15.0
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        for name in ('dim', 'num_queries', 'num_layers', 'num_heads', 'ffn_mult'):
+            _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
+        _check(self.dim % self.num_heads == 0, 'num_heads', f'must divide dim={self.dim}', p)
+        _check(self.num_classes >= 2, 'num_classes', 'must be >= 2 (no-object + 1 class)', p)
+        _check(0.0 <= self.dropout < 1.0, 'dropout', 'must be in [0, 1)', p)
+        for name in ('position_scale_m', 'velocity_scale_mps'):
+            _check(getattr(self, name) > 0, name, 'must be > 0', p)
+
+
+@dataclass(frozen=True)
+class EncoderConfig(_Config):
+    """Semantic encoder: fused feature (B, feature_dim) -> L complex symbols (B, L, 2)."""
+
+    SECTION: ClassVar[str] = 'encoder'
+    feature_dim: int = 256
+    num_symbols: int = 64     # L complex symbols = 128 reals; 128 bytes at 8 bits per real
+    hidden: int = 256         # 0 = a single linear layer
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _check(self.feature_dim >= 1, 'feature_dim', 'must be >= 1', prefix)
+        _check(self.num_symbols >= 1, 'num_symbols', 'must be >= 1', prefix)
+        _check(self.hidden >= 0, 'hidden', 'must be >= 0', prefix)
+
+
+@dataclass(frozen=True)
+class ChannelConfig(_Config):
+    """Wireless link: log-distance path loss, thermal noise, AWGN or Rayleigh block fading.
+
+    See :mod:`disac_ros.core.models.channel` for the exact equations.
+    """
+
+    SECTION: ClassVar[str] = 'channel'
+    carrier_hz: float = 5.9e9          # ITS band (IEEE 802.11p / C-V2X)
+    d0_m: float = 1.0                  # reference distance of the log-distance model
+    path_loss_exponent: float = 2.7    # urban LOS/NLOS mix (free space = 2)
+    tx_power_dbm: float = 23.0         # C-V2X UE maximum
+    bandwidth_hz: float = 10e6
+    noise_figure_db: float = 9.0
+    ref_distance_m: float = 100.0      # received amplitude is expressed relative to this distance
+    min_distance_m: float = 1.0        # distances are clamped here (the far-field model breaks)
+    fading: str = 'rayleigh'           # 'awgn' | 'rayleigh'
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        for name in ('carrier_hz', 'd0_m', 'bandwidth_hz', 'ref_distance_m', 'min_distance_m'):
+            val = getattr(self, name)
+            _check(math.isfinite(val) and val > 0, name, 'must be a finite number > 0', p)
+        _check(1.0 <= self.path_loss_exponent <= 6.0, 'path_loss_exponent',
+               'must be in [1, 6]', p)
+        for name in ('tx_power_dbm', 'noise_figure_db'):
+            _check(math.isfinite(getattr(self, name)), name, 'must be finite', p)
+        _check(self.fading in ('awgn', 'rayleigh'), 'fading',
+               f"must be 'awgn' or 'rayleigh', got {self.fading!r}", p)
+
+
+# Receiver-side input scaling, shared by both decoders (see semantic_codec.py):
+#   'agc'  : blind per-packet automatic gain control y / rms(y); log10(rms) is passed on as an
+#            input so no information is lost. No pilots, no knowledge of h.
+#   'none' : the raw received samples.
+INPUT_SCALINGS = ('agc', 'none')
+
+
+@dataclass(frozen=True)
+class MLPDecoderConfig(_Config):
+    """Non-LLM baseline decoder: (y, snr, distance) -> feature, width matched to the LLM."""
+
+    SECTION: ClassVar[str] = 'mlp_decoder'
+    num_symbols: int = 64
+    feature_dim: int = 256
+    hidden: int = 712          # trainable params ~= the default LLM decoder's (test checks)
+    num_layers: int = 3
+    use_side_info: bool = True
+    input_scaling: str = 'agc'
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        for name in ('num_symbols', 'feature_dim', 'hidden', 'num_layers'):
+            _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
+        _check(self.input_scaling in INPUT_SCALINGS, 'input_scaling',
+               f'must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}', p)
+
+
+@dataclass(frozen=True)
+class LLMDecoderConfig(_Config):
+    """LLM-based decoder: frozen causal LM + LoRA, symbol tokens and channel-condition tokens."""
+
+    SECTION: ClassVar[str] = 'llm_decoder'
+    llm: str = 'smollm2'                 # 'smollm2' or a local Hugging Face causal-LM folder
+    num_symbols: int = 64
+    symbols_per_token: int = 8           # 8 complex symbols = 16 reals per input token
+    feature_dim: int = 256
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
+    use_channel_tokens: bool = True      # False = the llm_no_channel_tokens ablation
+    cond_hidden: int = 64
+    input_scaling: str = 'agc'
+    autocast_bf16: bool = True
+    backbone_dtype: str = 'bfloat16'     # dtype the frozen backbone is held in
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        _check(bool(self.llm), 'llm', 'must name smollm2 or a model folder', p)
+        for name in ('num_symbols', 'symbols_per_token', 'feature_dim', 'lora_r',
+                     'lora_alpha', 'cond_hidden'):
+            _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
+        _check(self.num_symbols % self.symbols_per_token == 0, 'symbols_per_token',
+               f'must divide num_symbols={self.num_symbols}', p)
+        _check(len(self.lora_target_modules) >= 1, 'lora_target_modules',
+               'must name at least one module', p)
+        _check(self.input_scaling in INPUT_SCALINGS, 'input_scaling',
+               f'must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}', p)
+        _check(self.backbone_dtype in ('bfloat16', 'float32'), 'backbone_dtype',
+               "must be 'bfloat16' or 'float32'", p)
+
+
+@dataclass(frozen=True)
+class TRAMConfig(_Config):
+    """Transformer aggregation model over K devices' decoded features."""
+
+    SECTION: ClassVar[str] = 'tram'
+    feature_dim: int = 256
+    dim: int = 128
+    tokens_per_device: int = 4
+    max_devices: int = 8                 # size of the device-id embedding table
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    aggregator: str = 'tram'             # 'tram' | 'mean_pool' (baseline)
+    scene_scale_m: float = 50.0          # normalises device positions for the pose embedding
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of this config (tuples become lists)."""
+        out = super().to_dict()
+        out['head'] = self.head.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = '') -> 'TRAMConfig':
+        """Build from a mapping; unknown keys and bad values raise ConfigError naming the field."""
+        prefix = prefix or cls.SECTION + '.'
+        if isinstance(data, Mapping) and 'head' in data and not isinstance(data['head'],
+                                                                           HeadConfig):
+            # Build the nested head first so its errors carry the 'head.' path.
+            data = {**data, 'head': HeadConfig.from_dict(data['head'], prefix=f'{prefix}head.')}
+        return super().from_dict(data, prefix=prefix)
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        p = prefix
+        for name in ('feature_dim', 'dim', 'tokens_per_device', 'max_devices', 'num_heads',
+                     'ffn_mult'):
+            _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
+        _check(self.num_layers >= 0, 'num_layers', 'must be >= 0', p)
+        _check(self.dim % self.num_heads == 0, 'num_heads', f'must divide dim={self.dim}', p)
+        _check(0.0 <= self.dropout < 1.0, 'dropout', 'must be in [0, 1)', p)
+        _check(self.aggregator in ('tram', 'mean_pool'), 'aggregator',
+               f"must be 'tram' or 'mean_pool', got {self.aggregator!r}", p)
+        _check(self.scene_scale_m > 0, 'scene_scale_m', 'must be > 0', p)
+        _check(self.head.dim == self.dim, 'head.dim', f'must equal dim={self.dim}', p)
+        self.head.validate(f'{p}head.')
+
+
+@dataclass(frozen=True)
+class LossConfig(_Config):
+    """Set-matching loss weights (DETR style)."""
+
+    SECTION: ClassVar[str] = 'loss'
+    no_object_weight: float = 0.1    # CE weight of class 0, since most queries match nothing
+    class_weight: float = 1.0
+    position_weight: float = 5.0
+    velocity_weight: float = 1.0
+    cost_class: float = 1.0          # matching cost weights
+    cost_position: float = 5.0
+
+    def validate(self, prefix: str = '') -> None:
+        """Raise ConfigError naming the first invalid field."""
+        for f in fields(self):
+            val = getattr(self, f.name)
+            _check(math.isfinite(val) and val >= 0, f.name, 'must be a finite number >= 0',
+                   prefix)

@@ -1,0 +1,87 @@
+"""DETR-style multi-object set-prediction head, shared by the device-local detector and TRAM.
+
+Q learned object queries cross-attend to a memory of tokens (B, S, D) through a transformer
+decoder; each query predicts class logits (index 0 = "no object", 1..4 = car, truck, pedestrian,
+cyclist), a 2-D position and a 2-D velocity. Positions and velocities are tanh-bounded to twice
+the configured scales, in metres and m/s of the frame the memory is expressed in (the device
+frame for the local head, the world frame for TRAM). Trained with the Hungarian set loss of
+``losses.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from disac_ros.core.models.config import HeadConfig
+
+
+@dataclass
+class SetPrediction:
+    """Per-query outputs of a set-prediction head."""
+
+    logits: torch.Tensor     # (B, Q, C) class logits, class 0 = no object
+    position: torch.Tensor   # (B, Q, 2) metres
+    velocity: torch.Tensor   # (B, Q, 2) m/s
+
+    def detections(self, threshold: float = 0.5) -> list[list[dict[str, object]]]:
+        """Per batch item, the queries whose best class is an object with prob >= threshold."""
+        probs = self.logits.detach().float().softmax(-1)
+        score, cls = probs[..., 1:].max(-1)
+        out: list[list[dict[str, object]]] = []
+        for b in range(probs.shape[0]):
+            items = []
+            for q in torch.nonzero(score[b] >= threshold).flatten().tolist():
+                items.append({'class_id': int(cls[b, q]) + 1, 'score': float(score[b, q]),
+                              'position': self.position[b, q].detach().tolist(),
+                              'velocity': self.velocity[b, q].detach().tolist()})
+            out.append(items)
+        return out
+
+
+class SetPredictionHead(nn.Module):
+    """Object queries + transformer decoder over a token memory -> SetPrediction."""
+
+    def __init__(self, config: HeadConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or HeadConfig()
+        c = self.config
+        self.queries = nn.Parameter(torch.randn(c.num_queries, c.dim) * 0.02)
+        layer = nn.TransformerDecoderLayer(c.dim, c.num_heads, c.ffn_mult * c.dim, c.dropout,
+                                           activation='gelu', batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, c.num_layers, norm=nn.LayerNorm(c.dim))
+        self.class_head = nn.Linear(c.dim, c.num_classes)
+        self.box_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 4))
+
+    def forward(self, memory: torch.Tensor, memory_key_padding_mask: torch.Tensor | None = None,
+                memory_bias: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> SetPrediction:
+        """
+        Decode object queries against a token memory.
+
+        :param memory: (B, S, D) tokens.
+        :param memory_key_padding_mask: (B, S) bool, True = ignore this token.
+        :param memory_bias: (B, S) additive attention bias on the memory keys (e.g. log weights).
+        :param context: (B, D) vector added to every query (e.g. a pooled scene summary).
+        """
+        c = self.config
+        batch = memory.shape[0]
+        tgt = self.queries.unsqueeze(0).expand(batch, -1, -1)
+        if context is not None:
+            tgt = tgt + context.unsqueeze(1)
+        mask = None
+        if memory_bias is not None or memory_key_padding_mask is not None:
+            # One float mask of shape (B * heads, Q, S): bias plus -inf on padded keys. Using a
+            # single float mask avoids mixing bool and float masks, which torch rejects.
+            bias = memory.new_zeros(batch, memory.shape[1]) if memory_bias is None \
+                else memory_bias.to(memory.dtype)
+            if memory_key_padding_mask is not None:
+                bias = bias.masked_fill(memory_key_padding_mask, float('-inf'))
+            mask = bias[:, None, None, :].expand(batch, c.num_heads, c.num_queries, -1)
+            mask = mask.reshape(batch * c.num_heads, c.num_queries, memory.shape[1])
+        h = self.decoder(tgt, memory, memory_mask=mask)
+        box = torch.tanh(self.box_head(h)) * 2.0
+        return SetPrediction(logits=self.class_head(h),
+                             position=box[..., :2] * c.position_scale_m,
+                             velocity=box[..., 2:] * c.velocity_scale_mps)

@@ -1,0 +1,191 @@
+"""RVFN: RF-vision fusion network on each device (plain torch, no torchvision/timm).
+
+* Visual extractor: a small ResNet-style CNN (stride-2 residual stages, GroupNorm so batch size 1
+  behaves like training) on the image (B, 3, H, W) in [0, 1], adaptive-average-pooled to a fixed
+  ``vis_grid`` of tokens.
+* RF extractor: the same kind of CNN on the RF feature tensor (B, C_rf, H_rf, W_rf) of any size
+  (e.g. Doppler/angle x range maps), pooled to ``rf_grid`` tokens.
+* Both get a learned 2-D position embedding and a modality embedding, then
+  ``num_cross_layers`` bidirectional cross-attention layers: RF tokens attend to visual tokens and
+  visual tokens to RF tokens (simultaneously), each with residual + LayerNorm, then a residual
+  feed-forward + LayerNorm.
+* Fused semantic feature (B, feature_dim) =
+  Linear(LayerNorm([mean of RF tokens, mean of visual tokens])).
+
+``modalities='rf'`` or ``'camera'`` builds the unimodal baselines: one extractor, and the
+cross-attention layers become self-attention layers of the same size.
+
+:class:`LocalDetector` adds the shared set-prediction head on the fused tokens, so a device can be
+trained on its own data alone (objects in the device frame).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+
+import torch
+from torch import nn
+
+from disac_ros.core.models.config import HeadConfig, RVFNConfig
+from disac_ros.core.models.heads import SetPrediction, SetPredictionHead
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class _ResBlock(nn.Module):
+    """Stride-2 basic residual block (conv-GN-GELU-conv-GN + projected skip)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _norm(cout), nn.GELU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout))
+        self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), _norm(cout))
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, H, W) -> (B, cout, ceil(H/2), ceil(W/2))."""
+        return self.act(self.body(x) + self.skip(x))
+
+
+class ConvTokenizer(nn.Module):
+    """CNN (stride-2 stem + residual stages) -> adaptive pool -> (B, gh*gw, dim) tokens."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], grid: tuple[int, int],
+                 dim: int) -> None:
+        super().__init__()
+        stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, stride=2, padding=1,
+                                       bias=False), _norm(channels[0]), nn.GELU())
+        stages = [_ResBlock(a, b) for a, b in zip(channels[:-1], channels[1:])]
+        self.cnn = nn.Sequential(stem, *stages)
+        self.pool = nn.AdaptiveAvgPool2d(tuple(grid))
+        self.proj = nn.Linear(channels[-1], dim)
+        self.pos = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, gh*gw, dim)."""
+        f = self.pool(self.cnn(x))                      # (B, C', gh, gw)
+        return self.proj(f.flatten(2).transpose(1, 2)) + self.pos
+
+
+class _FFN(nn.Module):
+    def __init__(self, dim: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, mult * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mult * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BiCrossAttentionLayer(nn.Module):
+    """RF <-> visual cross-attention (residual + LayerNorm), then per-stream FFN (+ LayerNorm).
+
+    With only one stream (unimodal baselines) the same layer does self-attention.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float,
+                 streams: int = 2) -> None:
+        super().__init__()
+        self.streams = streams
+        self.attn = nn.ModuleList([nn.MultiheadAttention(dim, heads, dropout=dropout,
+                                                         batch_first=True)
+                                   for _ in range(streams)])
+        self.ln1 = nn.ModuleList([nn.LayerNorm(dim) for _ in range(streams)])
+        self.ffn = nn.ModuleList([_FFN(dim, ffn_mult, dropout) for _ in range(streams)])
+        self.ln2 = nn.ModuleList([nn.LayerNorm(dim) for _ in range(streams)])
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """xs = [rf, vis] (or one stream): each (B, S_i, D) -> same shapes."""
+        out = []
+        for i, x in enumerate(xs):
+            other = xs[1 - i] if self.streams == 2 else x   # both read the *inputs*: symmetric
+            a, _ = self.attn[i](x, other, other, need_weights=False)
+            out.append(self.ln1[i](x + a))
+        return [self.ln2[i](h + self.ffn[i](h)) for i, h in enumerate(out)]
+
+
+@dataclass
+class RVFNOutput:
+    """Fused semantic feature and the fused tokens it came from."""
+
+    feature: torch.Tensor    # (B, feature_dim)
+    tokens: torch.Tensor     # (B, S_rf + S_vis, dim) fused tokens (RF first)
+
+
+class RVFN(nn.Module):
+    """RF-vision fusion network: (image, rf) -> RVFNOutput (see module doc)."""
+
+    def __init__(self, config: RVFNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RVFNConfig()
+        c = self.config
+        self.use_rf = c.modalities in ('both', 'rf')
+        self.use_camera = c.modalities in ('both', 'camera')
+        self.rf_net = ConvTokenizer(c.rf_in_channels, c.rf_channels, c.rf_grid, c.dim) \
+            if self.use_rf else None
+        self.vis_net = ConvTokenizer(c.image_channels, c.vis_channels, c.vis_grid, c.dim) \
+            if self.use_camera else None
+        streams = int(self.use_rf) + int(self.use_camera)
+        self.modality = nn.Parameter(torch.randn(streams, c.dim) * 0.02)
+        self.layers = nn.ModuleList([BiCrossAttentionLayer(c.dim, c.num_heads, c.ffn_mult,
+                                                           c.dropout, streams)
+                                     for _ in range(c.num_cross_layers)])
+        self.out_norm = nn.LayerNorm(streams * c.dim)
+        self.out = nn.Linear(streams * c.dim, c.feature_dim)
+
+    def _check(self, x: torch.Tensor | None, channels: int, name: str) -> torch.Tensor:
+        if x is None:
+            raise ValueError(f'{name}: required for modalities={self.config.modalities!r}')
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(f'{name}: expected shape (B, {channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+        return x.float()
+
+    def forward(self, image: torch.Tensor | None, rf: torch.Tensor | None) -> RVFNOutput:
+        """
+        Fuse one batch of frames.
+
+        :param image: (B, 3, H, W) float in [0, 1] (ignored/optional when modalities='rf').
+        :param rf: (B, C_rf, H_rf, W_rf) float RF features (optional when modalities='camera').
+        """
+        c = self.config
+        streams: list[torch.Tensor] = []
+        if self.rf_net is not None:
+            streams.append(self.rf_net(self._check(rf, c.rf_in_channels, 'rf')))
+        if self.vis_net is not None:
+            img = self._check(image, c.image_channels, 'image')
+            streams.append(self.vis_net((img - 0.5) / 0.25))   # roughly zero-mean, unit-scale
+        if len(streams) == 2 and streams[0].shape[0] != streams[1].shape[0]:
+            raise ValueError(f'image and rf batch sizes differ: {streams[1].shape[0]} vs '
+                             f'{streams[0].shape[0]}')
+        streams = [s + self.modality[i] for i, s in enumerate(streams)]
+        for layer in self.layers:
+            streams = layer(streams)
+        pooled = torch.cat([s.mean(dim=1) for s in streams], dim=-1)
+        feature = self.out(self.out_norm(pooled))
+        return RVFNOutput(feature=feature, tokens=torch.cat(streams, dim=1))
+
+
+class LocalDetector(nn.Module):
+    """RVFN + set-prediction head: a device's own detector (objects in the device frame)."""
+
+    def __init__(self, rvfn_config: RVFNConfig | None = None,
+                 head_config: HeadConfig | None = None) -> None:
+        super().__init__()
+        rc = rvfn_config or RVFNConfig()
+        hc = head_config or HeadConfig(dim=rc.dim)
+        if hc.dim != rc.dim:
+            from disac_ros.core.errors import ConfigError
+            raise ConfigError('head.dim', f'must equal rvfn.dim={rc.dim}, got {hc.dim}')
+        self.config = (rc, hc)
+        self.rvfn = RVFN(rc)
+        self.head = SetPredictionHead(hc)
+
+    def forward(self, image: torch.Tensor | None,
+                rf: torch.Tensor | None) -> tuple[RVFNOutput, SetPrediction]:
+        """Fuse and detect: (RVFNOutput, SetPrediction in the device frame)."""
+        fused = self.rvfn(image, rf)
+        return fused, self.head(fused.tokens)

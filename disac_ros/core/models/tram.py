@@ -1,0 +1,137 @@
+"""TRAM: transformer aggregation model at the aggregation center.
+
+Inputs per frame, for K device slots (K may change from call to call, up to ``max_devices``):
+
+* ``features`` (B, K, F): decoded semantic features (device-frame content);
+* ``present`` (B, K) bool: which slots hold a packet this frame (absent devices are masked out
+  everywhere, so their contents cannot affect the output);
+* ``pose`` (B, K, 3): device (x, y, yaw) in the world frame, so device-frame features can be
+  placed in the world frame;
+* ``link`` (B, K, 2): (snr_db, distance_m) of each device's link;
+* ``device_index`` (B, K) long: the device's id slot in [0, max_devices) (default 0..K-1).
+
+Architecture (``aggregator='tram'``):
+
+1. per device, ``Linear(F, T*D)`` makes T tokens; each gets a token-index embedding, the device-id
+   embedding, a pose embedding MLP([x/s, y/s, cos yaw, sin yaw]) and a link-quality embedding
+   MLP([snr/10, log10(d/100 m)]);
+2. transformer encoder layers over all K*T tokens (key padding mask on absent devices);
+3. adaptive aggregation attention: per device, score = MLP([mean of its tokens, link emb]);
+   weights = softmax over *present* devices only (``TRAMOutput.weights``, for diagnostics). They
+   depend on content and link quality. They enter the detector twice: as an additive log-weight
+   bias on every cross-attention logit to that device's tokens (attention to device k is
+   re-weighted by w_k), and as a weighted scene summary added to every object query;
+4. the shared DETR-style head (``heads.py``) predicts class (0 = no object), position and
+   velocity in the world frame for Q object queries.
+
+``aggregator='mean_pool'`` is the baseline: the same per-device tokens and embeddings, no
+cross-device transformer, the memory is the mean over present devices, the same head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from disac_ros.core.models.config import TRAMConfig
+from disac_ros.core.models.heads import SetPrediction, SetPredictionHead
+from disac_ros.core.models.semantic_codec import side_info_features
+
+
+def _mlp(cin: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, dim), nn.GELU(), nn.Linear(dim, dim))
+
+
+@dataclass
+class TRAMOutput:
+    """World-frame object predictions and the per-device aggregation weights."""
+
+    prediction: SetPrediction
+    weights: torch.Tensor     # (B, K): softmax over present devices, 0 for absent ones
+
+
+class TRAM(nn.Module):
+    """Transformer aggregation over a variable set of devices (see module doc)."""
+
+    def __init__(self, config: TRAMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TRAMConfig()
+        c = self.config
+        self.feat_proj = nn.Linear(c.feature_dim, c.tokens_per_device * c.dim)
+        self.token_index = nn.Parameter(torch.randn(c.tokens_per_device, c.dim) * 0.02)
+        self.device_emb = nn.Embedding(c.max_devices, c.dim)
+        nn.init.normal_(self.device_emb.weight, std=0.02)
+        self.pose_emb = _mlp(4, c.dim)
+        self.link_emb = _mlp(2, c.dim)
+        self.encoder: nn.TransformerEncoder | None = None
+        self.score: nn.Sequential | None = None
+        if c.aggregator == 'tram':
+            if c.num_layers > 0:
+                layer = nn.TransformerEncoderLayer(c.dim, c.num_heads, c.ffn_mult * c.dim,
+                                                   c.dropout, activation='gelu',
+                                                   batch_first=True, norm_first=True)
+                # Nested tensors would zero padded rows in eval only: keep train == eval.
+                self.encoder = nn.TransformerEncoder(layer, c.num_layers,
+                                                     norm=nn.LayerNorm(c.dim),
+                                                     enable_nested_tensor=False)
+            self.score = nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.GELU(),
+                                       nn.Linear(c.dim, 1))
+        self.head = SetPredictionHead(c.head)
+
+    def _validate(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
+                  link: torch.Tensor, device_index: torch.Tensor) -> None:
+        c = self.config
+        if features.dim() != 3 or features.shape[2] != c.feature_dim:
+            raise ValueError(f'features: expected (B, K, {c.feature_dim}), '
+                             f'got {tuple(features.shape)}')
+        b, k = features.shape[:2]
+        for name, t, shape in (('present', present, (b, k)), ('pose', pose, (b, k, 3)),
+                               ('link', link, (b, k, 2)), ('device_index', device_index, (b, k))):
+            if tuple(t.shape) != shape:
+                raise ValueError(f'{name}: expected shape {shape}, got {tuple(t.shape)}')
+        if present.dtype != torch.bool:
+            raise ValueError(f'present: expected a bool tensor, got {present.dtype}')
+        empty = torch.nonzero(~present.any(dim=1)).flatten()
+        if empty.numel():
+            raise ValueError(f'present: frame {int(empty[0])} has no present device')
+        if bool(((device_index < 0) | (device_index >= c.max_devices)).any()):
+            raise ValueError(f'device_index: must be in [0, {c.max_devices}) (max_devices)')
+
+    def forward(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
+                link: torch.Tensor, device_index: torch.Tensor | None = None) -> TRAMOutput:
+        """Aggregate K device features (B, K, F) into world-frame object predictions."""
+        c = self.config
+        b, k = features.shape[:2]
+        if device_index is None:
+            device_index = torch.arange(k, device=features.device).expand(b, k)
+        self._validate(features, present, pose, link, device_index)
+        t, d = c.tokens_per_device, c.dim
+        pose = pose.float()
+        pose_in = torch.stack((pose[..., 0] / c.scene_scale_m, pose[..., 1] / c.scene_scale_m,
+                               torch.cos(pose[..., 2]), torch.sin(pose[..., 2])), dim=-1)
+        link_e = self.link_emb(side_info_features(link[..., 0].reshape(-1),
+                                                  link[..., 1].reshape(-1))
+                               .to(features.device).view(b, k, 2))          # (B, K, D)
+        per_device = (self.device_emb(device_index) + self.pose_emb(pose_in) + link_e)
+        tokens = self.feat_proj(features.float()).view(b, k, t, d) + self.token_index
+        tokens = tokens + per_device.unsqueeze(2)                            # (B, K, T, D)
+        absent = ~present
+        if c.aggregator == 'mean_pool':
+            w = present.float() / present.float().sum(dim=1, keepdim=True)    # (B, K)
+            memory = (tokens * w[:, :, None, None]).sum(dim=1)                 # (B, T, D)
+            context = memory.mean(dim=1)
+            return TRAMOutput(self.head(memory, context=context), w)
+        flat = tokens.reshape(b, k * t, d)
+        pad = absent.repeat_interleave(t, dim=1)                               # (B, K*T)
+        if self.encoder is not None:
+            flat = self.encoder(flat, src_key_padding_mask=pad)
+        summary = flat.view(b, k, t, d).mean(dim=2)                           # (B, K, D)
+        assert self.score is not None
+        score = self.score(torch.cat((summary, link_e), dim=-1)).squeeze(-1)  # (B, K)
+        w = score.masked_fill(absent, float('-inf')).softmax(dim=1)
+        w = w.masked_fill(absent, 0.0)
+        log_w = torch.log(w.clamp_min(1e-9)).repeat_interleave(t, dim=1)      # (B, K*T)
+        context = (w.unsqueeze(-1) * summary).sum(dim=1)                      # (B, D)
+        pred = self.head(flat, memory_key_padding_mask=pad, memory_bias=log_w, context=context)
+        return TRAMOutput(pred, w)

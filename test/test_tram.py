@@ -1,0 +1,178 @@
+"""TRAM aggregation (masking, variable K, adaptive weights) and the set-matching loss."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from disac_ros.core.models.config import HeadConfig, LossConfig, TRAMConfig
+from disac_ros.core.models.heads import SetPrediction
+from disac_ros.core.models.losses import hungarian_match, SetCriterion, SetTargets
+from disac_ros.core.models.tram import TRAM
+
+F = 16
+
+
+def _cfg(**kw):
+    head = HeadConfig(dim=32, num_heads=2, num_queries=6, num_layers=1)
+    return TRAMConfig(**{**dict(feature_dim=F, dim=32, num_heads=2, num_layers=1,
+                                tokens_per_device=2, max_devices=6, head=head), **kw})
+
+
+def _batch(b=2, k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, k, F, generator=g)
+    pose = torch.cat([torch.randn(b, k, 2, generator=g) * 30,
+                      torch.rand(b, k, 1, generator=g) * 6.28], -1)
+    link = torch.stack([torch.rand(b, k, generator=g) * 25 - 5,
+                        torch.rand(b, k, generator=g) * 300 + 20], -1)
+    return feats, pose, link
+
+
+@pytest.mark.parametrize('aggregator', ['tram', 'mean_pool'])
+def test_output_shapes_and_weights_over_present_devices(aggregator):
+    torch.manual_seed(0)
+    model = TRAM(_cfg(aggregator=aggregator)).eval()
+    feats, pose, link = _batch()
+    present = torch.tensor([[True, True, False, True], [False, True, False, False]])
+    out = model(feats, present, pose, link)
+    assert out.prediction.logits.shape == (2, 6, 5)
+    assert out.prediction.position.shape == (2, 6, 2)
+    assert out.prediction.velocity.shape == (2, 6, 2)
+    assert torch.allclose(out.weights.sum(1), torch.ones(2))
+    assert bool((out.weights[~present] == 0).all()) and bool((out.weights[present] > 0).all())
+    assert out.weights[1, 1].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('aggregator', ['tram', 'mean_pool'])
+def test_absent_devices_cannot_affect_the_output(aggregator):
+    torch.manual_seed(0)
+    model = TRAM(_cfg(aggregator=aggregator)).eval()
+    feats, pose, link = _batch()
+    present = torch.tensor([[True, False, True, False], [True, True, True, False]])
+    ref = model(feats, present, pose, link)
+    feats2, pose2, link2 = feats.clone(), pose.clone(), link.clone()
+    feats2[~present] = 1e3
+    pose2[~present] = -77.0
+    link2[~present] = 1.0
+    out = model(feats2, present, pose2, link2)
+    assert torch.allclose(ref.prediction.logits, out.prediction.logits, atol=1e-5)
+    assert torch.allclose(ref.weights, out.weights)
+    # ... and dropping the absent slots entirely gives the same answer (K changes at run time).
+    keep = [0, 2]
+    small = model(feats[:1, keep], present[:1, keep], pose[:1, keep], link[:1, keep],
+                  torch.tensor([keep]))
+    assert torch.allclose(ref.prediction.logits[:1], small.prediction.logits, atol=1e-5)
+
+
+def test_k_can_change_between_calls_and_order_does_not_matter():
+    torch.manual_seed(0)
+    model = TRAM(_cfg()).eval()
+    for k in (1, 3, 6):
+        feats, pose, link = _batch(k=k, seed=k)
+        out = model(feats, torch.ones(2, k, dtype=torch.bool), pose, link)
+        assert out.weights.shape == (2, k)
+    feats, pose, link = _batch(k=4)
+    present = torch.ones(2, 4, dtype=torch.bool)
+    idx = torch.arange(4).expand(2, 4)
+    perm = [3, 1, 0, 2]
+    a = model(feats, present, pose, link, idx)
+    b = model(feats[:, perm], present[:, perm], pose[:, perm], link[:, perm], idx[:, perm])
+    assert torch.allclose(a.prediction.logits, b.prediction.logits, atol=1e-5)
+    assert torch.allclose(a.weights[:, perm], b.weights, atol=1e-6)
+
+
+def test_aggregation_weights_depend_on_link_quality_and_content():
+    torch.manual_seed(0)
+    model = TRAM(_cfg()).eval()
+    feats, pose, link = _batch()
+    present = torch.ones(2, 4, dtype=torch.bool)
+    w = model(feats, present, pose, link).weights
+    link2 = link.clone()
+    link2[:, 0, 0] -= 20.0
+    assert not torch.allclose(w, model(feats, present, pose, link2).weights)
+    feats2 = feats.clone()
+    feats2[:, 0] *= -3
+    assert not torch.allclose(w, model(feats2, present, pose, link).weights)
+
+
+def test_tram_rejects_bad_inputs():
+    model = TRAM(_cfg())
+    feats, pose, link = _batch()
+    present = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match='no present device'):
+        model(feats, torch.zeros(2, 4, dtype=torch.bool), pose, link)
+    with pytest.raises(ValueError, match='present: expected a bool'):
+        model(feats, present.float(), pose, link)
+    with pytest.raises(ValueError, match='pose'):
+        model(feats, present, pose[..., :2], link)
+    with pytest.raises(ValueError, match='device_index'):
+        model(feats, present, pose, link, torch.full((2, 4), 6))
+
+
+def _pred(logits, pos, vel=None):
+    pos = torch.as_tensor(pos, dtype=torch.float32)
+    vel = torch.zeros_like(pos) if vel is None else torch.as_tensor(vel, dtype=torch.float32)
+    return SetPrediction(torch.as_tensor(logits, dtype=torch.float32), pos, vel)
+
+
+def test_hungarian_matching_is_the_minimum_cost_assignment():
+    rng = np.random.default_rng(0)
+    head, loss = HeadConfig(num_queries=5), LossConfig()
+    logits = torch.tensor(rng.normal(size=(1, 5, 5)), dtype=torch.float32)
+    pos = torch.tensor(rng.uniform(-40, 40, size=(1, 5, 2)), dtype=torch.float32)
+    targets = SetTargets.from_lists([[1, 3, 4]], [[(10, 0), (-20, 5), (30, 30)]],
+                                    [[(0, 0)] * 3])
+    (rows, cols), = hungarian_match(_pred(logits, pos), targets, loss, head)
+    probs = logits.softmax(-1)[0]
+
+    def cost(q, j):
+        return (-probs[q, targets.classes[0, j]]
+                + 5 * (pos[0, q] - targets.position[0, j]).abs().sum() / 50.0).item()
+    best = min(sum(cost(q, j) for q, j in zip(p, range(3)))
+               for p in itertools.permutations(range(5), 3))
+    got = sum(cost(q, j) for q, j in zip(rows, cols))
+    assert got == pytest.approx(best, abs=1e-5) and sorted(cols.tolist()) == [0, 1, 2]
+
+
+def test_set_loss_is_small_for_a_perfect_prediction_and_handles_empty_frames():
+    head = HeadConfig(num_queries=3)
+    crit = SetCriterion(LossConfig(), head)
+    targets = SetTargets.from_lists([[2], []], [[(5.0, -3.0)], []], [[(1.0, 0.5)], []])
+    logits = torch.full((2, 3, 5), -20.0)
+    logits[:, :, 0] = 20.0                       # every query: no object ...
+    logits[0, 1, 0], logits[0, 1, 2] = -20.0, 20.0   # ... except query 1 of frame 0: class 2
+    pos = torch.zeros(2, 3, 2)
+    vel = torch.zeros(2, 3, 2)
+    pos[0, 1] = torch.tensor([5.0, -3.0])
+    vel[0, 1] = torch.tensor([1.0, 0.5])
+    good = crit(_pred(logits, pos, vel), targets)
+    assert good['loss'].item() < 1e-3 and good['num_objects'].item() == 1
+    pos[0, 1] += 1.0
+    bad = crit(_pred(logits, pos, vel), targets)
+    assert bad['loss_position'].item() == pytest.approx(2.0 / 50.0, abs=1e-5)
+    empty = SetTargets.from_lists([[], []], [[], []], [[], []])
+    assert torch.isfinite(crit(_pred(logits, pos, vel), empty)['loss'])
+
+
+def test_tram_learns_a_toy_scene_with_the_set_loss():
+    """A few optimiser steps on fixed data reduce the loss: the whole graph is trainable."""
+    torch.manual_seed(0)
+    cfg = _cfg()
+    model = TRAM(cfg)
+    crit = SetCriterion(LossConfig(), cfg.head)
+    feats, pose, link = _batch(b=4, k=3)
+    present = torch.ones(4, 3, dtype=torch.bool)
+    targets = SetTargets.from_lists([[1, 3], [2], [4, 4, 1], []],
+                                    [[(10, 2), (-5, 7)], [(0, 0)], [(3, 3), (-8, 1), (20, -20)],
+                                     []],
+                                    [[(1, 0), (0, 1)], [(0, 0)], [(0, 0), (1, 1), (2, 0)], []])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = crit(model(feats, present, pose, link).prediction, targets)['loss']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.5 * first
