@@ -40,6 +40,7 @@ setup(
             'bag_recorder = disac_ros.nodes.bag_recorder:main',
             # Tools
             'disac_fleet = disac_ros.tools.fleet:main',
+            'disac-bag = disac_ros.tools.bag:main',
             'disac-dataset = disac_ros.tools.dataset_cli:main',
         ],
     },

@@ -1,0 +1,249 @@
+"""Fleet YAML -> the list of nodes to start. ROS-free; used by launch/fleet.launch.py and disac_fleet.
+
+A fleet file (``config/fleet.yaml``) looks like::
+
+    fleet:
+      num_devices: 4                 # default K; --num-devices / num_devices:=K override
+      device_ids: [dev0, dev1, dev2, dev3]   # optional; else device_id_format
+      device_id_format: 'dev{index}' # ids for K devices when device_ids is absent or too short
+      source: sim                    # default source: sim | bag | external
+    nodes:
+      - name: world                  # ROS node name (placeholders allowed)
+        package: disac_ros           # default disac_ros
+        executable: world_node       # console script of the package
+        namespace: ''                # placeholders allowed, e.g. '/{device_id}'
+        per_device: false            # true: one node per device id
+        sources: [sim]               # start only for these sources (absent: every source)
+        parameters: {num_devices: '{num_devices}'}
+        remappings: {from: to}       # or a list of [from, to] pairs
+
+Placeholders in names, namespaces, remappings and string parameter values: ``{device_id}``,
+``{index}`` (per-device nodes only), ``{num_devices}``, ``{source}``, ``{bag}``. A string value
+that is exactly one placeholder takes the placeholder's type (``'{num_devices}'`` -> int 4), and
+``'{device_ids}'`` becomes the list of device ids. Null and empty-list values are dropped (a ROS
+parameters file cannot type them), so the node keeps its default.
+
+``build_fleet`` is the single pure function both front ends call, so they start the same nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import re
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from disac_ros.core.errors import ConfigError
+
+SOURCES: tuple[str, ...] = ('sim', 'bag', 'external')
+DEFAULT_NUM_DEVICES = 4
+DEFAULT_DEVICE_ID_FORMAT = 'dev{index}'
+_NODE_KEYS = {'name', 'package', 'executable', 'namespace', 'per_device', 'sources', 'parameters',
+              'remappings', 'module'}
+_FLEET_KEYS = {'num_devices', 'device_ids', 'device_id_format', 'source'}
+_PLACEHOLDER = re.compile(r'\{([a-z_]+)\}')
+_ROS_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node to start: what ``launch_ros.actions.Node`` and the runner both need."""
+
+    package: str
+    executable: str
+    name: str
+    namespace: str                       # absolute ('/' for the root)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+    params_files: tuple[str, ...] = ()   # extra ROS params files, applied after ``parameters``
+    module: str | None = None            # python module with main(), for the runner (python -m)
+
+    @property
+    def fqn(self) -> str:
+        """Fully qualified node name, e.g. '/dev0/device_node'."""
+        return self.namespace.rstrip('/') + '/' + self.name
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """The knobs a user turns on the command line / launch arguments."""
+
+    num_devices: int | None = None       # None: the YAML's fleet.num_devices
+    source: str | None = None            # None: the YAML's fleet.source
+    bag: str = ''                        # bag directory, required for source 'bag'
+    namespace: str = ''                  # prefix for every node's namespace
+    use_sim_time: bool | None = None     # None: leave each node's own setting
+    params_files: tuple[str, ...] = ()   # extra ROS params files for every node
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # '<node name>.<param>' or '<param>'
+
+
+def load_fleet_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a fleet YAML file; ConfigError names the file on a syntax error."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError('config', f'fleet file not found: {p}') from None
+    except yaml.YAMLError as exc:
+        raise ConfigError('config', f'invalid YAML: {exc}', source=str(p)) from None
+    if not isinstance(data, dict):
+        raise ConfigError('<root>', 'expected a mapping with a "nodes" list', source=str(p))
+    return data
+
+
+def device_ids_for(fleet: Mapping[str, Any], num_devices: int) -> list[str]:
+    """The first ``num_devices`` ids: from ``fleet.device_ids``, then ``device_id_format``."""
+    ids = list(fleet.get('device_ids') or [])
+    fmt = fleet.get('device_id_format', DEFAULT_DEVICE_ID_FORMAT)
+    if not isinstance(fmt, str) or '{index}' not in fmt:
+        raise ConfigError('fleet.device_id_format', f'must be a string containing {{index}}, got {fmt!r}')
+    for i, dev in enumerate(ids):
+        if not isinstance(dev, str) or not _ROS_NAME.match(dev):
+            raise ConfigError(f'fleet.device_ids[{i}]', f'not a valid ROS name token: {dev!r}')
+    if len(set(ids)) != len(ids):
+        raise ConfigError('fleet.device_ids', f'duplicate ids in {ids}')
+    while len(ids) < num_devices:
+        ids.append(fmt.format(index=len(ids)))
+    return ids[:num_devices]
+
+
+def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions()) -> list[NodeSpec]:
+    """Expand a parsed fleet YAML into the node specs for ``options`` (pure function)."""
+    fleet = config.get('fleet') or {}
+    if not isinstance(fleet, Mapping):
+        raise ConfigError('fleet', f'expected a mapping, got {type(fleet).__name__}')
+    for key in fleet:
+        if key not in _FLEET_KEYS:
+            raise ConfigError(f'fleet.{key}', f'unknown key; expected one of {", ".join(sorted(_FLEET_KEYS))}')
+    num_devices = options.num_devices if options.num_devices is not None else fleet.get(
+        'num_devices', DEFAULT_NUM_DEVICES)
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+        raise ConfigError('num_devices', f'must be an integer >= 1, got {num_devices!r}')
+    source = options.source or fleet.get('source', 'sim')
+    if source not in SOURCES:
+        raise ConfigError('source', f'expected one of {", ".join(SOURCES)}, got {source!r}')
+    if source == 'bag' and not options.bag:
+        raise ConfigError('bag', 'source "bag" needs a bag directory (--bag DIR / bag:=DIR)')
+    device_ids = device_ids_for(fleet, num_devices)
+    nodes = config.get('nodes')
+    if not isinstance(nodes, list) or not nodes:
+        raise ConfigError('nodes', 'expected a non-empty list of node entries')
+
+    base_values = {'num_devices': num_devices, 'source': source, 'bag': options.bag,
+                   'device_ids': device_ids}
+    specs: list[NodeSpec] = []
+    for i, entry in enumerate(nodes):
+        where = f'nodes[{i}]'
+        if not isinstance(entry, Mapping):
+            raise ConfigError(where, f'expected a mapping, got {type(entry).__name__}')
+        for key in entry:
+            if key not in _NODE_KEYS:
+                raise ConfigError(f'{where}.{key}', f'unknown key; expected one of {", ".join(sorted(_NODE_KEYS))}')
+        for key in ('name', 'executable'):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f'{where}.{key}', 'required non-empty string')
+        sources = entry.get('sources', list(SOURCES))
+        if not isinstance(sources, list) or any(s not in SOURCES for s in sources):
+            raise ConfigError(f'{where}.sources', f'expected a list drawn from {", ".join(SOURCES)}, got {sources!r}')
+        if source not in sources:
+            continue
+        per_device = entry.get('per_device', False)
+        if not isinstance(per_device, bool):
+            raise ConfigError(f'{where}.per_device', f'expected true or false, got {per_device!r}')
+        instances = ([dict(base_values, device_id=d, index=k) for k, d in enumerate(device_ids)]
+                     if per_device else [dict(base_values)])
+        for values in instances:
+            specs.append(_expand(entry, values, options, where))
+
+    seen: dict[str, int] = {}
+    for k, spec in enumerate(specs):
+        if spec.fqn in seen:
+            raise ConfigError('nodes', f'two nodes would be named {spec.fqn}; give per-device nodes '
+                                       f'a {{device_id}} in the name or namespace')
+        seen[spec.fqn] = k
+    return specs
+
+
+def _expand(entry: Mapping[str, Any], values: Mapping[str, Any], options: FleetOptions, where: str) -> NodeSpec:
+    name = _substitute(entry['name'], values, f'{where}.name')
+    if not _ROS_NAME.match(name):
+        raise ConfigError(f'{where}.name', f'not a valid ROS node name: {name!r}')
+    namespace = _join_namespace(options.namespace,
+                                _substitute(entry.get('namespace', '') or '', values, f'{where}.namespace'))
+    params_in = entry.get('parameters') or {}
+    if not isinstance(params_in, Mapping):
+        raise ConfigError(f'{where}.parameters', f'expected a mapping, got {type(params_in).__name__}')
+    parameters = {str(k): _substitute_value(v, values, f'{where}.parameters.{k}') for k, v in params_in.items()}
+    if options.use_sim_time is not None:
+        parameters['use_sim_time'] = bool(options.use_sim_time)
+    for key, value in options.overrides.items():
+        node_name, _, param = key.rpartition('.')
+        if not node_name or node_name == name:
+            parameters[param] = value
+    # A ROS parameters file cannot type an empty list or a null: leave them out (node default).
+    parameters = {k: v for k, v in parameters.items() if v is not None and v != []}
+    remap_in = entry.get('remappings') or []
+    if isinstance(remap_in, Mapping):
+        remap_in = list(remap_in.items())
+    remappings = []
+    for j, pair in enumerate(remap_in):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f'{where}.remappings[{j}]', f'expected [from, to], got {pair!r}')
+        remappings.append((_substitute(str(pair[0]), values, f'{where}.remappings[{j}]'),
+                           _substitute(str(pair[1]), values, f'{where}.remappings[{j}]')))
+    package = entry.get('package', 'disac_ros')
+    module = entry.get('module')
+    if module is None and package == 'disac_ros':
+        module = f'disac_ros.nodes.{entry["executable"]}'
+    return NodeSpec(package=package, executable=entry['executable'], name=name, namespace=namespace,
+                    parameters=parameters, remappings=tuple(remappings),
+                    params_files=tuple(options.params_files), module=module)
+
+
+def _substitute(text: str, values: Mapping[str, Any], where: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise ConfigError(where, f'unknown placeholder {{{key}}} here; available: '
+                                     f'{", ".join("{" + k + "}" for k in sorted(values))}')
+        v = values[key]
+        return ','.join(v) if isinstance(v, list) else str(v)
+    return _PLACEHOLDER.sub(repl, text)
+
+
+def _substitute_value(value: Any, values: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, str):
+        m = _PLACEHOLDER.fullmatch(value)
+        if m and m.group(1) in values:
+            return values[m.group(1)]        # keep the type: '{num_devices}' -> 4
+        return _substitute(value, values, where)
+    if isinstance(value, list):
+        return [_substitute_value(v, values, f'{where}[{i}]') for i, v in enumerate(value)]
+    return value
+
+
+def _join_namespace(prefix: str, ns: str) -> str:
+    parts = [p for p in (prefix.strip('/') + '/' + ns.strip('/')).split('/') if p]
+    for p in parts:
+        if not _ROS_NAME.match(p):
+            raise ConfigError('namespace', f'invalid namespace token {p!r}')
+    return '/' + '/'.join(parts)
+
+
+def params_file_content(specs: Sequence[NodeSpec]) -> dict[str, Any]:
+    """A ROS 2 parameters-file mapping ``{fqn: {ros__parameters: {...}}}`` for ``specs``."""
+    return {s.fqn: {'ros__parameters': dict(s.parameters)} for s in specs}
+
+
+def find_default_config(name: str = 'fleet.yaml') -> Path:
+    """``config/<name>``: installed share dir (via AMENT_PREFIX_PATH) first, then the source tree."""
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        candidate = Path(prefix) / 'share' / 'disac_ros' / 'config' / name
+        if candidate.is_file():
+            return candidate
+    candidate = Path(__file__).resolve().parents[2] / 'config' / name
+    if candidate.is_file():
+        return candidate
+    raise ConfigError('config', f'cannot find config/{name} in AMENT_PREFIX_PATH or the source tree')

@@ -1,0 +1,69 @@
+"""Launch the disac_ros fleet described by config/fleet.yaml.
+
+    ros2 launch disac_ros fleet.launch.py [config:=FILE] [num_devices:=K] [source:=sim|bag]
+        [bag:=DIR] [namespace:=NS] [use_sim_time:=true|false] [params_file:=FILE] [log_level:=info]
+
+The node list comes from disac_ros.core.fleet_config.build_fleet, the same function the fallback
+runner (disac_fleet) uses, so both start the same nodes with the same parameters. Only long-stable
+launch APIs are used (DeclareLaunchArgument, OpaqueFunction, LaunchConfiguration, launch_ros Node).
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from disac_ros.core.fleet_config import SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml
+
+ARGUMENTS = (
+    ('config', '', 'fleet YAML; empty = the installed config/fleet.yaml', None),
+    ('num_devices', '', 'number of devices K; empty = fleet.num_devices from the YAML', None),
+    ('source', '', 'sensor data source; empty = fleet.source from the YAML', ('',) + SOURCES),
+    ('bag', '', 'bag directory for source:=bag', None),
+    ('namespace', '', 'namespace prefix for every node', None),
+    ('use_sim_time', '', 'true/false sets use_sim_time on every node; empty leaves each node\'s own',
+     ('', 'true', 'false')),
+    ('params_file', '', 'extra ROS 2 parameters file applied to every node (after fleet.yaml)', None),
+    ('log_level', 'info', 'ROS log level of every node', ('debug', 'info', 'warn', 'error', 'fatal')),
+)
+
+
+def fleet_options(context) -> FleetOptions:
+    """Launch arguments -> FleetOptions (the same knobs as disac_fleet's flags)."""
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context).strip()
+
+    num = arg('num_devices')
+    sim_time = arg('use_sim_time').lower()
+    params_file = arg('params_file')
+    return FleetOptions(
+        num_devices=int(num) if num else None,
+        source=arg('source') or None,
+        bag=arg('bag'),
+        namespace=arg('namespace'),
+        use_sim_time=None if not sim_time else sim_time == 'true',
+        params_files=(params_file,) if params_file else ())
+
+
+def _launch_nodes(context, *args, **kwargs):
+    config = LaunchConfiguration('config').perform(context).strip() or str(find_default_config())
+    specs = build_fleet(load_fleet_yaml(config), fleet_options(context))
+    log_level = LaunchConfiguration('log_level').perform(context)
+    return [
+        Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
+             parameters=[dict(spec.parameters), *spec.params_files],
+             remappings=list(spec.remappings),
+             arguments=['--ros-args', '--log-level', log_level],
+             output='screen')
+        for spec in specs
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Declare the arguments; the nodes are built at launch time from the YAML."""
+    declared = []
+    for name, default, description, choices in ARGUMENTS:
+        kwargs = {'default_value': default, 'description': description}
+        if choices is not None:
+            kwargs['choices'] = list(choices)
+        declared.append(DeclareLaunchArgument(name, **kwargs))
+    return LaunchDescription(declared + [OpaqueFunction(function=_launch_nodes)])

@@ -1,0 +1,109 @@
+"""config/fleet.yaml -> node specs (ROS-free), and the runner's command lines built from them."""
+from pathlib import Path
+import sys
+
+import pytest
+import yaml
+
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.fleet_config import FleetOptions, build_fleet, load_fleet_yaml, params_file_content
+from disac_ros.tools import fleet as runner
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET_YAML = REPO / 'config' / 'fleet.yaml'
+
+# A fleet like the one later issues will have: per-device nodes, sources, remappings.
+FUTURE = yaml.safe_load("""
+fleet: {num_devices: 3, source: sim}
+nodes:
+  - {name: world, executable: world_node, sources: [sim], parameters: {num_devices: '{num_devices}'}}
+  - {name: bag_player, executable: bag_player, sources: [bag], parameters: {bag: '{bag}'}}
+  - name: device_node
+    executable: device_node
+    namespace: '/{device_id}'
+    per_device: true
+    parameters: {device_id: '{device_id}', index: '{index}', label: 'unit-{device_id}'}
+    remappings: {semantic/feature: '/link/{device_id}/in'}
+  - {name: aggregator, executable: aggregator_node, namespace: /aggregator,
+     parameters: {device_ids: '{device_ids}', empty: [], nothing: null}}
+""")
+
+
+def test_shipped_fleet_yaml_gives_the_world_for_sim():
+    specs = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(num_devices=2))
+    assert [(s.name, s.executable, s.namespace) for s in specs] == [('world', 'world_node', '/')]
+    assert specs[0].parameters['num_devices'] == 2
+    assert specs[0].module == 'disac_ros.nodes.world_node'
+
+
+def test_shipped_fleet_yaml_gives_the_bag_player_for_bag():
+    specs = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(source='bag', bag='/data/b'))
+    assert [(s.name, s.parameters['bag']) for s in specs] == [('bag_player', '/data/b')]
+
+
+def test_per_device_fan_out_sources_and_placeholders():
+    specs = build_fleet(FUTURE, FleetOptions(namespace='site1', use_sim_time=True,
+                                             overrides={'world.rate_hz': 5.0, 'seed': 3}))
+    assert [s.fqn for s in specs] == ['/site1/world', '/site1/dev0/device_node', '/site1/dev1/device_node',
+                                      '/site1/dev2/device_node', '/site1/aggregator/aggregator']
+    world, dev1, agg = specs[0], specs[2], specs[4]
+    assert world.parameters == {'num_devices': 3, 'use_sim_time': True, 'rate_hz': 5.0, 'seed': 3}
+    assert dev1.parameters['device_id'] == 'dev1' and dev1.parameters['index'] == 1   # typed, not '1'
+    assert dev1.parameters['label'] == 'unit-dev1'
+    assert dev1.remappings == (('semantic/feature', '/link/dev1/in'),)
+    assert 'rate_hz' not in dev1.parameters                    # node-qualified override only hits world
+    assert agg.parameters['device_ids'] == ['dev0', 'dev1', 'dev2']
+    assert 'empty' not in agg.parameters and 'nothing' not in agg.parameters
+
+
+def test_num_devices_and_device_ids():
+    cfg = dict(FUTURE, fleet={'device_ids': ['north', 'south'], 'device_id_format': 'rsu{index}'})
+    specs = build_fleet(cfg, FleetOptions(num_devices=3))
+    assert [s.namespace for s in specs if s.name == 'device_node'] == ['/north', '/south', '/rsu2']
+
+
+@pytest.mark.parametrize('mutate,options,field', [
+    (lambda c: c['nodes'][0].pop('executable'), FleetOptions(), 'nodes[0].executable'),
+    (lambda c: c['nodes'][0].update(sources=['gazebo']), FleetOptions(), 'nodes[0].sources'),
+    (lambda c: c['nodes'][0].update(colour='red'), FleetOptions(), 'nodes[0].colour'),
+    (lambda c: c['nodes'][2].update(name='device_{oops}'), FleetOptions(), 'nodes[2].name'),
+    (lambda c: c['nodes'][2].update(namespace=''), FleetOptions(), 'nodes'),        # 3 x /device_node
+    (lambda c: None, FleetOptions(source='bag'), 'bag'),
+    (lambda c: None, FleetOptions(source='lidar'), 'source'),
+    (lambda c: None, FleetOptions(num_devices=0), 'num_devices'),
+    (lambda c: c['fleet'].update(device_ids=['a b']), FleetOptions(), 'fleet.device_ids[0]'),
+])
+def test_bad_config_names_the_field(mutate, options, field):
+    cfg = yaml.safe_load(yaml.safe_dump(FUTURE))
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        build_fleet(cfg, options)
+    assert err.value.field == field
+
+
+def test_runner_command_lines_and_params_file(tmp_path):
+    specs = build_fleet(FUTURE, FleetOptions(params_files=('/etc/extra.yaml',)))
+    params = runner.write_params_file(specs, str(tmp_path))
+    cmd = runner.child_command(specs[1], params, 'debug')
+    assert cmd[:3] == [sys.executable, '-m', 'disac_ros.nodes.device_node']
+    assert cmd[3:] == ['--ros-args', '-r', '__node:=device_node', '-r', '__ns:=/dev0',
+                       '-r', 'semantic/feature:=/link/dev0/in', '--params-file', params,
+                       '--params-file', '/etc/extra.yaml', '--log-level', 'debug']
+    assert yaml.safe_load(Path(params).read_text()) == params_file_content(specs)
+
+
+def test_runner_cli_parses_overrides_and_rejects_bad_ones():
+    args = runner.parse_args(['--num-devices', '2', '-p', 'world.rate_hz=2.5', '-p', 'flag=true',
+                              '--use-sim-time', 'true'])
+    opts = runner.options_from_args(args)
+    assert opts.overrides == {'world.rate_hz': 2.5, 'flag': True} and opts.use_sim_time is True
+    with pytest.raises(ConfigError, match='--param'):
+        runner.options_from_args(runner.parse_args(['-p', 'novalue']))
+
+
+def test_runner_dry_run_and_config_error_exit_codes(capsys):
+    assert runner.main(['--config', str(FLEET_YAML), '--dry-run', '--num-devices', '1']) == 0
+    out = capsys.readouterr().out
+    assert '-m disac_ros.nodes.world_node --ros-args -r __node:=world -r __ns:=/' in out
+    assert runner.main(['--config', str(FLEET_YAML), '--source', 'bag']) == runner.EXIT_CONFIG
+    assert 'needs a bag directory' in capsys.readouterr().err
