@@ -11,6 +11,7 @@ Every wait has a timeout; nothing sleeps a fixed time to "let things settle".
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 import random
@@ -28,9 +29,30 @@ WORLD_START_TIMEOUT_S = float(os.environ.get('DISAC_TEST_WORLD_TIMEOUT', '240'))
 _rng = random.Random(os.getpid() * 7919 + int(time.time()))
 
 
+_DOMAIN_LOCK_DIR = Path(os.environ.get('DISAC_TEST_DOMAIN_LOCKS', '/tmp/disac_ros_test_domains'))
+_held_domain_locks: list[Any] = []     # open lock files: released when this process exits
+
+
 def new_domain_id() -> int:
-    """A domain id for one test (FastDDS allows 0..232; 1..100 are left to interactive use)."""
-    return _rng.randint(101, 232)
+    """A domain id for one test, unused by any other test process on this machine.
+
+    FastDDS allows 0..232; 1..100 are left to interactive use. Concurrent pytest sessions on one
+    host (several developers, CI) would otherwise collide now and then and see each other's
+    traffic, so each id is reserved with an exclusive lock file held until this process exits.
+    """
+    _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    candidates = list(range(101, 233))
+    _rng.shuffle(candidates)
+    for domain in candidates:
+        f = open(_DOMAIN_LOCK_DIR / f'{domain}.lock', 'w')  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held_domain_locks.append(f)
+        return domain
+    raise RuntimeError(f'no free ROS domain id in 101..232 (locks in {_DOMAIN_LOCK_DIR})')
 
 
 def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
