@@ -142,7 +142,9 @@ class RVFN(nn.Module):
         if x.dim() != 4 or x.shape[1] != channels:
             raise ValueError(f'{name}: expected shape (B, {channels}, H, W), '
                              f'got {tuple(x.shape)}')
-        return x.float()
+        # contiguous(): backward through the CNN with a channels-last view (e.g. from permute)
+        # crashes torch 2.13 on CPU ("double free or corruption").
+        return x.float().contiguous()
 
     def forward(self, image: torch.Tensor | None, rf: torch.Tensor | None) -> RVFNOutput:
         """

@@ -1,0 +1,1 @@
+"""Evaluation of LLM-DiSAC against its baselines (ROS-free): metrics, baselines, sweeps, report."""

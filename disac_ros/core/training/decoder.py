@@ -1,0 +1,216 @@
+"""Receiver decoder training (aggregator side) on the devices' exported (symbols, feature) pairs.
+
+One decoder is shared by all devices of a modality variant. Every step draws a batch of packets
+from every device's export, fresh channel conditions (SNR uniform in the recipe's range, distance
+log-uniform, AWGN or Rayleigh) and fresh noise; the loss is the NMSE of the decoded feature
+against the feature the device encoded. Kinds:
+
+* ``mlp``: :class:`MLPDecoder` (non-LLM baseline);
+* ``llm``: :class:`LLMDecoder` (frozen causal LM + LoRA, channel-condition tokens);
+* ``llm_no_channel_tokens``: the same without the SNR / distance tokens.
+
+A run stops at ``steps`` or at ``max_seconds`` of wall clock, whichever comes first, so decoders
+can be compared at equal steps or equal wall-clock. Validation NMSE (dB) per SNR and fading is
+stored in the checkpoint metadata; :func:`choose_shipped` picks the decoder the system ships.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.models.channel import WirelessChannel
+from disac_ros.core.models.checkpoint import load_checkpoint
+from disac_ros.core.training import common
+from disac_ros.core.training.data import load_export
+from disac_ros.core.training.logging import LossLog, progress
+from disac_ros.core.training.recipes import Recipe
+
+KINDS = ('mlp', 'llm', 'llm_no_channel_tokens')
+VAL_SNR_DB = (-5.0, 0.0, 10.0, 20.0)
+
+
+def decoder_dir(out: str | Path, modalities: str, kind: str) -> Path:
+    """Folder of one trained decoder."""
+    return Path(out) / 'decoders' / modalities / kind
+
+
+def load_exports(out: str | Path, modalities: str, split: str = 'train') -> dict[str, dict]:
+    """device id -> export of every device trained in stage 1 for this variant."""
+    root = Path(out) / 'stage1' / modalities
+    devs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    out_: dict[str, dict] = {}
+    for dev in devs:
+        path = root / dev / f'export_{split}.npz'
+        if path.is_file():
+            out_[dev] = load_export(path)
+    if not out_ and split == 'train':
+        raise ConfigError('stage1', f'{root}: no device exports; run `disac-train stage1` first')
+    return out_
+
+
+def load_llm_for(recipe: Recipe, kind: str) -> Any:
+    """Load a fresh backbone for an LLM decoder kind (each decoder needs its own copy)."""
+    from disac_ros.core.models.llm_loader import load_causal_lm
+    return load_causal_lm(common.resolve_llm_source(recipe.llm),
+                          dtype=recipe.llm_decoder.backbone_dtype)
+
+
+def build_decoder(recipe: Recipe, kind: str, llm: Any = None) -> torch.nn.Module:
+    """A fresh decoder of ``kind`` sized by the recipe."""
+    if kind == 'mlp':
+        from disac_ros.core.models.semantic_codec import MLPDecoder
+        return MLPDecoder(recipe.mlp_decoder)
+    if kind in ('llm', 'llm_no_channel_tokens'):
+        from disac_ros.core.models.llm_decoder import LLMDecoder
+        cfg = replace(recipe.llm_decoder, llm=common.resolve_llm_source(recipe.llm),
+                      use_channel_tokens=(kind == 'llm'))
+        return LLMDecoder(cfg, llm=llm if llm is not None else load_llm_for(recipe, kind))
+    raise ConfigError('decoder.kind', f'must be one of {KINDS}, got {kind!r}')
+
+
+@torch.no_grad()
+def decode(decoder: torch.nn.Module, y: torch.Tensor, snr: torch.Tensor, dist: torch.Tensor,
+           batch_size: int = 256) -> torch.Tensor:
+    """Decode in chunks (the LLM decoder is memory-hungry)."""
+    decoder.eval()
+    outs = [decoder(y[i:i + batch_size], snr[i:i + batch_size], dist[i:i + batch_size]).float()
+            for i in range(0, y.shape[0], batch_size)]
+    return torch.cat(outs) if outs else y.new_zeros(0)
+
+
+@torch.no_grad()
+def validate_decoder(decoder: torch.nn.Module, symbols: np.ndarray, features: np.ndarray,
+                     recipe: Recipe, seed: int) -> dict[str, float]:
+    """NMSE (dB) per fading and SNR at the nominal distance, fixed noise seed."""
+    channel = WirelessChannel(recipe.channel)
+    x = torch.from_numpy(symbols)
+    f = torch.from_numpy(features)
+    dist = torch.full((x.shape[0],), recipe.eval.nominal_distance_m)
+    out: dict[str, float] = {}
+    for fading in ('awgn', 'rayleigh'):
+        for snr_db in VAL_SNR_DB:
+            gen = torch.Generator().manual_seed(seed)
+            snr = torch.full((x.shape[0],), snr_db)
+            y = channel(x, dist, snr, fading=fading, generator=gen).y
+            fhat = decode(decoder, y, snr, dist, 64)
+            out[f'{fading}_{snr_db:g}dB'] = common.to_db(float(common.nmse(fhat, f)))
+    out['mean'] = float(np.mean(list(out.values())))
+    return out
+
+
+def _stack(exports: dict[str, dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.concatenate([e['symbols'] for e in exports.values()]),
+            np.concatenate([e['feature'] for e in exports.values()]))
+
+
+def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
+                  modalities: str = 'both', resume: bool = False, show_progress: bool = True,
+                  steps: int | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """
+    Train one decoder on the stage-1 exports of every device of a variant.
+
+    :param steps: total steps (default: recipe.decoder.steps, or llm_steps for LLM kinds).
+    :param max_seconds: wall-clock budget of this call (0 = none; default from the recipe).
+    :return: summary (steps done, wall time, validation NMSE per condition).
+    """
+    common.set_threads(recipe.threads)
+    rd = recipe.decoder
+    is_llm = kind != 'mlp'
+    total = int(steps if steps is not None else (rd.llm_steps if is_llm else rd.steps))
+    budget = float(max_seconds if max_seconds is not None
+                   else (rd.llm_max_seconds if is_llm else rd.max_seconds))
+    batch = rd.llm_batch_size if is_llm else rd.batch_size
+    train = load_exports(out, modalities, 'train')
+    val = load_exports(out, modalities, 'val') or train
+    xs, fs = _stack(train)
+    vx, vf = _stack(val)
+    vsel = np.random.default_rng(recipe.seed).permutation(len(vx))[:rd.val_packets]
+    vx, vf = vx[np.sort(vsel)], vf[np.sort(vsel)]
+    folder = decoder_dir(out, modalities, kind)
+    ckpt_dir = folder / 'checkpoint'
+    torch.manual_seed(recipe.seed + 7)
+    dec = build_decoder(recipe, kind)
+    lora = [p for n, p in dec.named_parameters() if p.requires_grad and 'lora_' in n]
+    lora_ids = {id(p) for p in lora}
+    other = [p for p in common.trainable(dec) if id(p) not in lora_ids]
+    groups = [{'params': other, 'lr': rd.lr}] + ([{'params': lora, 'lr': rd.lora_lr}]
+                                                 if lora else [])
+    opt = common.make_optimizer(groups, 0.01)
+    start = 0
+    if resume and (ckpt_dir / 'config.json').is_file():
+        start, _ = common.load_training_checkpoint(ckpt_dir, {'decoder': dec}, opt)
+    log = LossLog(folder, resume_from=start if resume else None)
+    channel = WirelessChannel(recipe.channel)
+    params = common.trainable(dec)
+    meta = {'stage': 'decoder', 'kind': kind, 'modalities': modalities,
+            'recipe': recipe.to_dict(), 'devices': sorted(train),
+            'seeds': {'recipe_seed': recipe.seed}, 'train_packets': int(len(xs)),
+            'val_packets': int(len(vx)), 'budget': {'steps': total, 'max_seconds': budget}}
+    t0 = time.perf_counter()
+    bar = progress(total, start, f'decoder {modalities}/{kind}', show_progress)
+    done = start
+    x_all = torch.from_numpy(xs)
+    f_all = torch.from_numpy(fs)
+    for step in range(start, total):
+        if budget > 0 and time.perf_counter() - t0 >= budget:
+            break
+        dec.train()
+        rng = common.step_rng(recipe.seed, 'decoder', step, KINDS.index(kind))
+        idx = torch.as_tensor(rng.integers(0, len(xs), size=batch))
+        cond = common.draw_conditions(rng, batch, recipe.train_channel)
+        y = common.send(channel, x_all[idx], cond, common.torch_gen(rng))
+        fhat = dec(y, cond.snr_db, cond.distance_m).float()
+        loss = common.nmse(fhat, f_all[idx])
+        common.set_lr(opt, step, rd.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, rd.grad_clip)
+        opt.step()
+        done = step + 1
+        log.write({'step': step, 'loss': loss.item(), 'nmse_db': common.to_db(loss.item()),
+                   'elapsed_s': round(log.elapsed(), 2)})
+        bar.update(1)
+        bar.set_postfix(nmse_db=f'{common.to_db(loss.item()):.2f}')
+    bar.close()
+    wall = time.perf_counter() - t0
+    if done == start and start > 0:
+        common.load_training_checkpoint(ckpt_dir, {'decoder': dec}, None)
+    val_nmse = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed)
+    summary = {'kind': kind, 'modalities': modalities, 'steps_done': done,
+               'resumed_from': start, 'wall_s': round(wall, 2),
+               'trainable_params': sum(p.numel() for p in params),
+               'val_nmse_db': val_nmse}
+    common.save_training_checkpoint(ckpt_dir, {'decoder': dec}, opt, done,
+                                    {**meta, 'metrics': summary})
+    common.write_json(folder / 'summary.json', summary)
+    return summary
+
+
+def load_decoder(out: str | Path, modalities: str, kind: str, recipe: Recipe | None = None,
+                 llm: Any = None) -> torch.nn.Module:
+    """Load a trained decoder (LLM kinds load their backbone from the recipe's source)."""
+    folder = decoder_dir(out, modalities, kind) / 'checkpoint'
+    if kind != 'mlp' and llm is None and recipe is not None:
+        llm = load_llm_for(recipe, kind)
+    dec = load_checkpoint(folder, llm=llm).models['decoder']
+    dec.eval()
+    return dec
+
+
+def choose_shipped(out: str | Path, modalities: str = 'both') -> tuple[str, dict[str, float]]:
+    """The trained decoder kind with the lowest mean validation NMSE, and every kind's mean."""
+    import json
+    scores: dict[str, float] = {}
+    for kind in KINDS:
+        path = decoder_dir(out, modalities, kind) / 'summary.json'
+        if path.is_file():
+            scores[kind] = float(json.loads(path.read_text())['val_nmse_db']['mean'])
+    if not scores:
+        raise ConfigError('decoder', f'{out}: no trained decoder; run `disac-train decoder`')
+    return min(scores, key=scores.__getitem__), scores

@@ -1,0 +1,124 @@
+"""``disac-eval``: evaluate a trained model folder and every baseline on a test split.
+
+Example::
+
+    disac-eval --checkpoint models/default --data data/splits/test --out results/default
+    disac-eval --checkpoint models/quick --out results/quick --quick
+
+Writes ``OUT/metrics.json`` (``rows``: one object per method and condition with ``method``,
+``K``, ``snr_db``, ``fading``, ``accuracy``, ``position_rmse_m``, ``velocity_rmse_m``,
+``nmse_db``, ``bytes_per_device_frame`` and more; ``comparisons``: the paper's three
+comparisons with their formulas; ``meta``), ``OUT/metrics.md`` and PNG plots.
+
+Without ``--data``, the test split is ``--cache`` (default ``CHECKPOINT/test_cache``) if it
+holds a dataset, else it is generated there first: the scenario the training data used (from
+its manifest), unseen seeds (``--test-seeds``, default 900; seeds used for training or
+validation are refused), ``--test-frames`` per seed, rendered by Genesis unless
+``--renderer none``.
+
+Exit status: 0 on success, 1 when evaluation fails, 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+import json
+from pathlib import Path
+import sys
+from typing import Sequence
+
+from disac_ros.core.errors import ConfigError, DisacError
+
+PROG = 'disac-eval'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--checkpoint', required=True, help='model folder written by disac-train')
+    p.add_argument('--out', required=True, help='output folder for metrics and plots')
+    p.add_argument('--data', help='test split (a disac-dataset folder from unseen seeds)')
+    p.add_argument('--quick', action='store_true',
+                   help="use the quick recipe's sweeps (fewer SNRs, K and frames)")
+    p.add_argument('--methods', nargs='+', help='subset of methods (default: all)')
+    p.add_argument('--max-frames', type=int, help='limit test frames (0 = all)')
+    p.add_argument('--test-seeds', type=int, nargs='+', default=[900],
+                   help='seeds for a generated test split when --data is absent')
+    p.add_argument('--test-frames', type=int, default=60,
+                   help='frames per seed of a generated test split')
+    p.add_argument('--renderer', default='genesis', choices=('genesis', 'none'),
+                   help='renderer of a generated test split')
+    p.add_argument('--cache', help='folder of a generated test split')
+    p.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return p
+
+
+def _test_data(args: argparse.Namespace, ckpt: Path) -> Path:
+    """--data, else a cached or freshly generated split from unseen seeds."""
+    if args.data:
+        if not (Path(args.data) / 'manifest.json').is_file():
+            raise ConfigError('--data', f'{args.data} is not a dataset folder (no manifest.json)')
+        return Path(args.data)
+    cache = Path(args.cache) if args.cache else ckpt / 'test_cache'
+    if (cache / 'manifest.json').is_file():
+        return cache
+    stage1 = ckpt / 'stage1' / 'both'
+    seeds_used: set[int] = set()
+    scenario = None
+    for meta in stage1.glob('*/checkpoint/metadata.json'):
+        m = json.loads(meta.read_text())
+        for key in ('train_data_seeds', 'val_data_seeds'):
+            seeds_used |= set(m['seeds'].get(key) or [])
+        scenario = m['data']['train']
+    if scenario is None:
+        raise ConfigError('--data', f'{ckpt}: no stage-1 metadata to find the training scenario')
+    clash = sorted(seeds_used & set(args.test_seeds))
+    if clash:
+        raise ConfigError('--test-seeds', f'{clash} were used for training/validation')
+    from disac_ros.core import dataset
+    from disac_ros.core.dataset import DisacDataset
+    from disac_ros.core.scenario import parse_scenario
+    from disac_ros.core.world import World
+    train_manifest = DisacDataset(scenario).manifest
+    sc = parse_scenario(train_manifest['scenario'], source=f'{scenario}/manifest.json')
+    world = World(sc, renderer=args.renderer)
+    dataset.generate(world, cache, args.test_seeds, args.test_frames, split='test',
+                     command=f'{PROG} (generated test split)')
+    return cache
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``disac-eval``; returns the exit status."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        from disac_ros.core.dataset import DisacDataset
+        from disac_ros.core.evaluation.evaluate import evaluate, load_recipe_of, METHODS
+        from disac_ros.core.evaluation.report import write_report
+        from disac_ros.core.training.recipes import quick_recipe
+        ckpt = Path(args.checkpoint)
+        recipe = load_recipe_of(ckpt)
+        if args.quick:
+            recipe = replace(recipe, eval=replace(quick_recipe().eval, seed=recipe.eval.seed))
+        if args.max_frames is not None:
+            recipe = replace(recipe, eval=replace(recipe.eval, max_frames=args.max_frames))
+        methods = args.methods or list(METHODS)
+        bad = sorted(set(methods) - set(METHODS))
+        if bad:
+            raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
+        test = DisacDataset(_test_data(args, ckpt))
+        result = evaluate(ckpt, test, recipe, methods, show_progress=not args.no_progress)
+        files = write_report(result, args.out)
+        print(f'{PROG}: {len(result["rows"])} rows in {result["meta"]["wall_s"]} s -> '
+              + ', '.join(str(p) for p in files.values()))
+    except ConfigError as err:
+        print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 2
+    except DisacError as err:
+        print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

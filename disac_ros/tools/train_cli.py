@@ -1,0 +1,251 @@
+"""``disac-train``: two-stage distributed training of LLM-DiSAC.
+
+Examples::
+
+    disac-train stage1 --device dev0 --data data/splits/train --val data/splits/val \\
+        --out models/quick --quick
+    disac-train decoder --kind mlp --out models/quick --quick
+    disac-train decoder --kind llm --out models/quick --quick --llm tiny
+    disac-train stage2 --data data/splits/train --val data/splits/val --out models/quick --quick
+    disac-train all --data data/splits/train --val data/splits/val --out models/default
+
+``stage1`` trains one device on its own data and exports what it transmits; ``decoder`` trains a
+receiver decoder on all devices' exports over the simulated channel; ``stage2`` trains the
+aggregator on decoded features only; ``all`` runs everything in order (every device, the
+decoders, TRAM and the baselines' models) and prints a time summary. Every command resumes with
+``--resume``. The recipe is stored in ``OUT/recipe.json`` by the first command; later commands
+reuse it unless ``--recipe`` / ``--quick`` is given.
+
+Exit status: 0 on success, 1 when training fails (e.g. a corrupt checkpoint), 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import sys
+import time
+from typing import Any, Sequence
+
+from disac_ros.core.errors import ConfigError, DisacError
+
+PROG = 'disac-train'
+MODEL_JSON = 'model.json'
+RECIPE_JSON = 'recipe.json'
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument('--out', required=True, help='model folder (checkpoints, logs, exports)')
+    if data:
+        p.add_argument('--data', required=True, help='training split (a disac-dataset folder)')
+        p.add_argument('--val', help='validation split (optional)')
+    p.add_argument('--recipe', help="'default', 'quick' or a recipe YAML (default: the one "
+                                    'stored in OUT, else default)')
+    p.add_argument('--quick', action='store_true', help='same as --recipe quick')
+    p.add_argument('--llm', help="override the recipe's LLM: 'smollm2', 'tiny' or a folder")
+    p.add_argument('--resume', action='store_true', help='continue from saved checkpoints')
+    p.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    p.add_argument('--threads', type=int, help='torch threads (default: the recipe)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    s1 = sub.add_parser('stage1', help="train one device's RVFN, encoder and local head on its "
+                                       'own data; export its transmitted symbols')
+    _common(s1)
+    s1.add_argument('--device', required=True, help='device id, e.g. dev0')
+    s1.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
+    s1.add_argument('--steps', type=int, help='total steps (override the recipe)')
+    dec = sub.add_parser('decoder', help='train a receiver decoder on all devices\' exports '
+                                         'over the simulated channel')
+    _common(dec, data=False)
+    dec.add_argument('--kind', default='mlp', choices=('mlp', 'llm', 'llm_no_channel_tokens'))
+    dec.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
+    dec.add_argument('--steps', type=int, help='total steps (override the recipe)')
+    dec.add_argument('--max-seconds', type=float,
+                     help='wall-clock budget (0 = none); the first of steps/seconds ends it')
+    s2 = sub.add_parser('stage2', help='train TRAM (or mean-pool) on decoded features only')
+    _common(s2)
+    s2.add_argument('--aggregator', default='tram', choices=('tram', 'mean_pool'))
+    s2.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
+    s2.add_argument('--decoder', help='decoder kind feeding the aggregator (default: the '
+                                      'shipped one for both, mlp for unimodal variants)')
+    s2.add_argument('--steps', type=int, help='total steps (override the recipe)')
+    a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
+    _common(a)
+    a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
+    return p
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def resolve_recipe(args: argparse.Namespace) -> Any:
+    """The recipe: --recipe/--quick, else OUT/recipe.json, else 'default'; --llm/--threads."""
+    from dataclasses import replace
+    from disac_ros.core.training.recipes import load_recipe, Recipe
+    out = Path(args.out)
+    name = 'quick' if args.quick else args.recipe
+    if name is not None:
+        recipe = load_recipe(name)
+    elif (out / RECIPE_JSON).is_file():
+        recipe = Recipe.from_dict(json.loads((out / RECIPE_JSON).read_text()))
+    else:
+        recipe = load_recipe('default')
+    if args.llm:
+        recipe = replace(recipe, llm=args.llm)
+    if args.threads:
+        recipe = replace(recipe, threads=args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECIPE_JSON).write_text(json.dumps(recipe.to_dict(), indent=1))
+    return recipe
+
+
+def update_model_json(out: Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into OUT/model.json (the top-level description of a model folder)."""
+    from disac_ros.core.training.common import write_json
+    path = out / MODEL_JSON
+    data = json.loads(path.read_text()) if path.is_file() else {
+        'format': 'disac_ros.model', 'format_version': 1}
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    write_json(path, data)
+    return data
+
+
+def _open(path: str | None) -> Any:
+    if path is None:
+        return None
+    from disac_ros.core.dataset import DisacDataset
+    return DisacDataset(path)
+
+
+def cmd_stage1(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """Train one device (stage 1)."""
+    from disac_ros.core.training.stage1 import train_stage1
+    train = _open(args.data)
+    if args.device not in train.device_ids:
+        raise UsageError(f'--device: unknown device {args.device!r}; the dataset has '
+                         f'{train.device_ids}')
+    s = train_stage1(train, args.device, args.out, recipe, modalities=args.modalities,
+                     val=_open(args.val), resume=args.resume,
+                     show_progress=not args.no_progress, steps=args.steps)
+    update_model_json(Path(args.out), devices=train.device_ids,
+                      stage1={f'{args.modalities}/{args.device}': _brief(s)})
+    print(f'stage1 {args.modalities}/{args.device}: {s["steps"]} steps in {s["wall_s"]} s, '
+          f'loss {s["loss_first"]:.3f} -> {s["loss_last"]:.3f}')
+    return s
+
+
+def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """Train one decoder; re-pick the shipped decoder."""
+    from disac_ros.core.training.decoder import choose_shipped, train_decoder
+    s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
+                      show_progress=not args.no_progress, steps=args.steps,
+                      max_seconds=args.max_seconds)
+    fields: dict[str, Any] = {'decoders': {f'{args.modalities}/{args.kind}': _brief(s)}}
+    if args.modalities == 'both':
+        shipped, scores = choose_shipped(args.out)
+        fields.update(shipped_decoder=shipped, decoder_val_nmse_db=scores)
+    update_model_json(Path(args.out), **fields)
+    print(f'decoder {args.modalities}/{args.kind}: {s["steps_done"]} steps in {s["wall_s"]} s, '
+          f'val NMSE {s["val_nmse_db"]["mean"]:.2f} dB (mean over SNR/fading)')
+    return s
+
+
+def _shipped(out: Path) -> str:
+    path = out / MODEL_JSON
+    if path.is_file():
+        return str(json.loads(path.read_text()).get('shipped_decoder', 'mlp'))
+    return 'mlp'
+
+
+def cmd_stage2(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """Train one aggregator."""
+    from disac_ros.core.training.stage2 import train_stage2
+    kind = args.decoder or (_shipped(Path(args.out)) if args.modalities == 'both' else 'mlp')
+    s = train_stage2(_open(args.data), args.out, recipe, modalities=args.modalities,
+                     aggregator=args.aggregator, decoder_kind=kind, val=_open(args.val),
+                     resume=args.resume, show_progress=not args.no_progress, steps=args.steps)
+    update_model_json(Path(args.out),
+                      stage2={f'{args.modalities}_{args.aggregator}': _brief(s)})
+    print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}): {s["steps"]} steps in '
+          f'{s["wall_s"]} s, loss {s["loss_first"]:.3f} -> {s["loss_last"]:.3f}')
+    return s
+
+
+def _brief(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if k != 'metrics'} | {'metrics': s.get('metrics')}
+
+
+def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """Every stage in order, with a time summary."""
+    train = _open(args.data)
+    devices = args.devices or train.device_ids
+    times: list[tuple[str, float]] = []
+    variants = ['both'] + [b.split('_')[0] for b in recipe.baselines
+                           if b in ('rf_only', 'camera_only')]
+
+    def run(label: str, fn: Any, ns: dict[str, Any]) -> None:
+        t = time.perf_counter()
+        fn(argparse.Namespace(**{**vars(args), **ns}), recipe)
+        times.append((label, time.perf_counter() - t))
+
+    for mod in variants:
+        for dev in devices:
+            run(f'stage1 {mod}/{dev}', cmd_stage1, {'device': dev, 'modalities': mod,
+                                                     'steps': None})
+    for kind in recipe.decoder.kinds:
+        run(f'decoder both/{kind}', cmd_decoder, {'kind': kind, 'modalities': 'both',
+                                                  'steps': None, 'max_seconds': None})
+    for mod in variants[1:]:
+        run(f'decoder {mod}/mlp', cmd_decoder, {'kind': 'mlp', 'modalities': mod,
+                                                'steps': None, 'max_seconds': None})
+    aggs = [('both', 'tram')] + [('both', 'mean_pool')] * ('mean_pool' in recipe.baselines) \
+        + [(m, 'tram') for m in variants[1:]]
+    for mod, agg in aggs:
+        run(f'stage2 {mod}/{agg}', cmd_stage2, {'modalities': mod, 'aggregator': agg,
+                                                'decoder': None, 'steps': None})
+    total = sum(t for _, t in times)
+    print('\ntime summary:')
+    for label, t in times:
+        print(f'  {label:32s} {t:8.1f} s')
+    print(f'  {"total":32s} {total:8.1f} s')
+    update_model_json(Path(args.out), recipe=recipe.name, variants=variants,
+                      timing_s={label: round(t, 1) for label, t in times}
+                      | {'total': round(total, 1)})
+    return {'times': times, 'total_s': total}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``disac-train``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ('stage1', 'stage2', 'all'):
+            for name in ('data', 'val'):
+                path = getattr(args, name, None)
+                if path is not None and not (Path(path) / 'manifest.json').is_file():
+                    raise UsageError(f'--{name}: {path} is not a dataset folder '
+                                     f'(no manifest.json)')
+        recipe = resolve_recipe(args)
+        {'stage1': cmd_stage1, 'decoder': cmd_decoder, 'stage2': cmd_stage2,
+         'all': cmd_all}[args.command](args, recipe)
+    except (UsageError, ConfigError) as err:
+        print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 2
+    except DisacError as err:
+        print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

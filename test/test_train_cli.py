@@ -1,0 +1,120 @@
+"""disac-train / disac-eval end to end on a tiny split, and their error handling."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from disac_ros.core.training.recipes import quick_recipe
+from disac_ros.tools import dataset_cli, eval_cli, train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = str(ROOT / 'config' / 'scenarios' / 'default.yaml')
+ROW_KEYS = {'method', 'K', 'snr_db', 'fading', 'accuracy', 'position_rmse_m', 'velocity_rmse_m',
+            'nmse_db', 'bytes_per_device_frame'}
+METHODS = {'disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'rf_only',
+           'camera_only', 'single_device', 'mean_pool', 'digital_jpeg'}
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp('splits')
+    # 32x32 images keep the CNNs cheap; the data path is the same as at full size.
+    scen = yaml.safe_load(Path(SCENARIO).read_text(encoding='utf-8'))
+    scen['camera'].update(width=32, height=32)
+    scenario = tmp_path_factory.mktemp('scenario') / 'scenario.yaml'
+    scenario.write_text(yaml.safe_dump(scen))
+    assert dataset_cli.main(['splits', '--scenario', str(scenario), '--out', str(out),
+                             '--frames-per-seed', '8', '--train-seeds', '0',
+                             '--val-seeds',
+                             '100', '--test-seeds', '200', '--shard-size', '4',
+                             '--renderer', 'none', '--no-progress']) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('DISAC_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+@pytest.fixture(scope='module')
+def tiny_recipe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick recipe with even fewer steps (the test checks plumbing, not learning)."""
+    d = quick_recipe().to_dict()
+    d['name'] = 'test'
+    d['threads'] = 1
+    d['stage1'].update(steps=3, batch_size=4, eval_every=3, checkpoint_every=3)
+    d['decoder'].update(steps=20, llm_steps=2, val_packets=8)
+    d['stage2'].update(steps=3, batch_size=4, eval_every=3, checkpoint_every=3)
+    d['eval'].update(snr_db=[-5.0, 20.0], max_frames=6, llm_max_frames=2)
+    path = tmp_path_factory.mktemp('recipe') / 'test.yaml'
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_train_all_then_eval_writes_the_stable_metrics_interface(
+        splits: Path, tiny_recipe_file: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / 'model'
+    assert train_cli.main(['all', '--data', str(splits / 'train'), '--val', str(splits / 'val'),
+                           '--out', str(model), '--recipe', str(tiny_recipe_file),
+                           '--no-progress']) == 0
+    assert 'time summary' in capsys.readouterr().out
+    info = json.loads((model / 'model.json').read_text())
+    assert info['shipped_decoder'] in ('mlp', 'llm', 'llm_no_channel_tokens')
+    assert set(info['variants']) == {'both', 'rf', 'camera'}
+    for dev in ('dev0', 'dev1', 'dev2', 'dev3'):
+        assert (model / 'stage1/both' / dev / 'export_train.npz').is_file()
+    assert (model / 'stage2/both_tram/checkpoint/config.json').is_file()
+    assert (model / 'stage2/both_mean_pool/checkpoint/config.json').is_file()
+
+    out = tmp_path / 'eval'
+    assert eval_cli.main(['--checkpoint', str(model), '--data', str(splits / 'test'),
+                          '--out', str(out), '--no-progress']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    rows = metrics['rows']
+    assert rows and all(ROW_KEYS <= set(r) for r in rows)
+    assert {r['method'] for r in rows} == METHODS
+    assert {r['fading'] for r in rows} == {'awgn', 'rayleigh'}
+    assert {r['K'] for r in rows} == {1, 4}
+    ours = [r for r in rows if r['method'] == 'disac']
+    assert {r['bytes_per_device_frame'] for r in ours} == {32.0}   # 16 symbols x 2 x 8 bit
+    digital = [r for r in rows if r['method'] == 'digital_jpeg' and r['sweep'] == 'snr']
+    assert all(r['bytes_per_device_frame'] > 1000 for r in digital)
+    low = [r['delivered_fraction'] for r in digital if r['snr_db'] == -5.0]
+    assert low and max(low) == 0.0          # the cliff: nothing gets through at -5 dB
+    assert 'relative_accuracy_gain_pct' in metrics['comparisons']['formulas']
+    assert (out / 'metrics.md').read_text().startswith('# DiSAC evaluation')
+    assert {p.name for p in out.glob('*.png')} >= {'vs_snr_awgn.png', 'vs_snr_rayleigh.png',
+                                                   'vs_devices.png', 'vs_distance.png'}
+
+    # Resume: everything is already trained, so a resumed stage-2 run does no new steps.
+    assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out', str(model),
+                           '--resume', '--no-progress']) == 0
+    rows2 = (model / 'stage2/both_tram/train_log.csv').read_text().splitlines()
+    assert len(rows2) == 1 + 3
+
+
+def test_train_cli_rejects_bad_input_with_clear_messages(
+        splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_cli.main(['stage1', '--device', 'dev0', '--data', str(tmp_path / 'nope'),
+                           '--out', str(tmp_path / 'm')]) == 2
+    assert 'not a dataset folder' in capsys.readouterr().err
+    assert train_cli.main(['stage1', '--device', 'dev9', '--data', str(splits / 'train'),
+                           '--out', str(tmp_path / 'm'), '--quick']) == 2
+    assert "unknown device 'dev9'" in capsys.readouterr().err
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('stage2: {device_dropout: 1.5}\n')
+    assert train_cli.main(['decoder', '--out', str(tmp_path / 'm'), '--recipe', str(bad)]) == 2
+    assert 'stage2.device_dropout' in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--out', str(tmp_path / 'empty'), '--quick']) == 2
+    assert 'run `disac-train stage1` first' in capsys.readouterr().err
+
+
+def test_eval_cli_rejects_a_folder_that_is_not_a_model(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert eval_cli.main(['--checkpoint', str(tmp_path), '--out', str(tmp_path / 'o'),
+                          '--data', str(tmp_path)]) == 2
+    assert 'not a disac-train model folder' in capsys.readouterr().err

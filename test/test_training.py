@@ -1,0 +1,221 @@
+"""Two-stage training: learning, data isolation between devices, resume, corrupt checkpoints."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from disac_ros.core.dataset import DisacDataset
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.models.checkpoint import CheckpointError
+from disac_ros.core.training import common
+from disac_ros.core.training.data import AggregatorLabels, DeviceFrames, rotate_to_frame
+from disac_ros.core.training.decoder import train_decoder
+from disac_ros.core.training.recipes import load_recipe, quick_recipe, Recipe
+from disac_ros.core.training.stage1 import stage1_dir, train_stage1
+from disac_ros.core.training.stage2 import train_stage2
+from disac_ros.tools import dataset_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = str(ROOT / 'config' / 'scenarios' / 'default.yaml')
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny train/val split (RF and labels real, black images: no Genesis needed)."""
+    out = tmp_path_factory.mktemp('splits')
+    # 32x32 images keep the CNNs cheap; the data path is the same as at full size.
+    scen = yaml.safe_load(Path(SCENARIO).read_text(encoding='utf-8'))
+    scen['camera'].update(width=32, height=32)
+    scenario = tmp_path_factory.mktemp('scenario') / 'scenario.yaml'
+    scenario.write_text(yaml.safe_dump(scen))
+    assert dataset_cli.main(['splits', '--scenario', str(scenario), '--out', str(out),
+                             '--frames-per-seed', '12', '--train-seeds', '0',
+                             '--val-seeds',
+                             '100', '--test-seeds', '200', '--shard-size', '6',
+                             '--renderer', 'none', '--no-progress']) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tiny LLM is written into the disac cache: keep it out of the user's home.
+    monkeypatch.setenv('DISAC_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def tiny_recipe(**stage1: object) -> Recipe:
+    r = replace(quick_recipe(), threads=1)
+    return replace(r, stage1=replace(r.stage1, steps=6, batch_size=4, eval_every=3,
+                                     checkpoint_every=2, **stage1),
+                   decoder=replace(r.decoder, steps=40, llm_steps=3, val_packets=16),
+                   stage2=replace(r.stage2, steps=6, batch_size=4, eval_every=3,
+                                  checkpoint_every=3))
+
+
+class SpyDataset(DisacDataset):
+    """A dataset whose raw sensor members of forbidden devices raise on access."""
+
+    def __init__(self, root: Path, allowed_devices: set[str]) -> None:
+        super().__init__(root)
+        self.allowed = allowed_devices
+
+    def _member(self, shard: int, key: str) -> np.ndarray:
+        kind, _, dev = key.partition('.')
+        if kind in ('image', 'rf') and dev not in self.allowed:
+            raise AssertionError(f'raw data of {dev} was read: {key}')
+        return super()._member(shard, key)
+
+
+def test_quick_yaml_equals_the_builtin_quick_recipe() -> None:
+    assert load_recipe('quick').to_dict() == quick_recipe().to_dict()
+    assert Recipe.from_dict(load_recipe('default').to_dict()) == load_recipe('default')
+
+
+def test_recipe_errors_name_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / 'r.yaml'
+    bad.write_text(yaml.safe_dump({'stage1': {'stepz': 3}}))
+    with pytest.raises(ConfigError, match=r'stage1\.stepz'):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match=r'rvfn\.dim'):
+        Recipe.from_dict({'rvfn': {'dim': 'wide'}})
+    with pytest.raises(ConfigError, match=r'encoder\.feature_dim'):
+        Recipe.from_dict({'encoder': {'feature_dim': 7}})
+
+
+def test_world_objects_are_expressed_in_the_device_frame() -> None:
+    pose = np.array([10.0, 5.0, 0.0, np.pi / 2])          # at (10, 5), facing north
+    ahead_left = rotate_to_frame(np.array([[8.0, 9.0]]), pose)
+    np.testing.assert_allclose(ahead_left, [[4.0, 2.0]], atol=1e-9)   # 4 m ahead, 2 m left
+    vel = rotate_to_frame(np.array([[0.0, 3.0]]), pose, translate=False)
+    np.testing.assert_allclose(vel, [[3.0, 0.0]], atol=1e-9)
+
+
+def test_stage1_loss_decreases_on_real_device_data(splits: Path, tmp_path: Path) -> None:
+    r = tiny_recipe()
+    r = replace(r, stage1=replace(r.stage1, steps=30, batch_size=6))
+    s = train_stage1(DisacDataset(splits / 'train'), 'dev2', tmp_path, r, show_progress=False)
+    rows = [float(line.split(',')[1]) for line in
+            (tmp_path / 'stage1/both/dev2/train_log.csv').read_text().splitlines()[1:]]
+    assert len(rows) == 30
+    assert np.mean(rows[-5:]) < 0.7 * np.mean(rows[:5]), rows
+    assert s['loss_last'] < s['loss_first']
+
+
+def test_stage1_for_one_device_never_reads_another_devices_raw_data(splits: Path,
+                                                                    tmp_path: Path) -> None:
+    spy = SpyDataset(splits / 'train', {'dev0'})
+    val = SpyDataset(splits / 'val', {'dev0'})
+    train_stage1(spy, 'dev0', tmp_path, tiny_recipe(), val=val, show_progress=False)
+    raw = {m for m in spy.accessed_members | val.accessed_members
+           if m.startswith(('image.', 'rf.'))}
+    assert raw == {'image.dev0', 'rf.dev0'}
+    export = np.load(stage1_dir(tmp_path, 'both', 'dev0') / 'export_train.npz')
+    n = len(spy)
+    assert export['symbols'].shape == (n, quick_recipe().encoder.num_symbols, 2)
+    assert set(export.files) == {'device_id', 'symbols', 'feature', 'frame', 'time_s', 'pose'}
+
+
+def test_stage2_and_decoder_train_on_exports_without_any_raw_sensor_data(
+        splits: Path, tmp_path: Path) -> None:
+    r = tiny_recipe()
+    devices = DisacDataset(splits / 'train').device_ids
+    for dev in devices:   # each device alone, on its own view
+        train_stage1(SpyDataset(splits / 'train', {dev}), dev, tmp_path, r,
+                     val=SpyDataset(splits / 'val', {dev}), show_progress=False)
+    d = train_decoder(tmp_path, r, 'mlp', show_progress=False)
+    assert d['steps_done'] == r.decoder.steps
+    # Aggregator side: any image/rf access raises.
+    train = SpyDataset(splits / 'train', set())
+    val = SpyDataset(splits / 'val', set())
+    s = train_stage2(train, tmp_path, r, val=val, show_progress=False)
+    assert s['steps'] == r.stage2.steps
+    assert not {m for m in train.accessed_members | val.accessed_members
+                if m.startswith(('image.', 'rf.'))}
+    assert {'accuracy', 'recall', 'position_rmse_m'} <= set(s['metrics'])
+
+
+def test_decoder_learns_over_the_channel_mlp_and_tiny_llm(splits: Path, tmp_path: Path) -> None:
+    r = tiny_recipe()
+    train_stage1(DisacDataset(splits / 'train'), 'dev1', tmp_path, r, show_progress=False)
+    mlp = train_decoder(tmp_path, r, 'mlp', steps=150, show_progress=False)
+    log = [float(x.split(',')[1]) for x in
+           (tmp_path / 'decoders/both/mlp/train_log.csv').read_text().splitlines()[1:]]
+    assert np.mean(log[-10:]) < 0.5 * np.mean(log[:10])
+    assert mlp['val_nmse_db']['awgn_20dB'] < mlp['val_nmse_db']['rayleigh_-5dB']
+    llm = train_decoder(tmp_path, r, 'llm', steps=3, show_progress=False)
+    assert llm['steps_done'] == 3 and np.isfinite(llm['val_nmse_db']['mean'])
+
+
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
+        splits: Path, tmp_path: Path) -> None:
+    ds = DisacDataset(splits / 'train')
+    r = tiny_recipe()
+    train_stage1(ds, 'dev3', tmp_path / 'a', r, steps=4, show_progress=False)
+    resumed = train_stage1(ds, 'dev3', tmp_path / 'a', r, steps=6, resume=True,
+                           show_progress=False)
+    assert resumed['resumed_from'] == 4
+    steps = [int(x.split(',')[0]) for x in
+             (stage1_dir(tmp_path / 'a', 'both', 'dev3') / 'train_log.csv')
+             .read_text().splitlines()[1:]]
+    assert steps == list(range(6))
+    train_stage1(ds, 'dev3', tmp_path / 'b', r, steps=6, show_progress=False)
+    from disac_ros.core.models.checkpoint import load_checkpoint
+    a = load_checkpoint(stage1_dir(tmp_path / 'a', 'both', 'dev3') / 'checkpoint')
+    b = load_checkpoint(stage1_dir(tmp_path / 'b', 'both', 'dev3') / 'checkpoint')
+    assert a.metadata['step'] == b.metadata['step'] == 6
+    for name in a.models:
+        for (k, va), vb in zip(a.models[name].state_dict().items(),
+                               b.models[name].state_dict().values()):
+            torch.testing.assert_close(va, vb, msg=f'{name}.{k} differs after resume')
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(splits: Path, tmp_path: Path) -> None:
+    ds = DisacDataset(splits / 'train')
+    r = tiny_recipe()
+    train_stage1(ds, 'dev0', tmp_path, r, steps=2, show_progress=False)
+    ckpt = stage1_dir(tmp_path, 'both', 'dev0') / 'checkpoint'
+    state = ckpt / common.TRAINER_STATE
+    state.write_bytes(state.read_bytes()[:-10] + b'0123456789')
+    with pytest.raises(CheckpointError, match='trainer_state.pt'):
+        train_stage1(ds, 'dev0', tmp_path, r, steps=4, resume=True, show_progress=False)
+    weights = ckpt / 'encoder.safetensors'
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match='encoder.safetensors'):
+        train_stage1(ds, 'dev0', tmp_path, r, steps=4, resume=True, show_progress=False)
+
+
+def test_aggregator_labels_are_world_frame_objects_of_present_devices(splits: Path) -> None:
+    ds = SpyDataset(splits / 'train', set())
+    labels = AggregatorLabels(ds)
+    assert len(labels) == len(ds)
+    all_dev = labels.objects(0, range(len(ds.device_ids)))
+    one = labels.objects(0, [0])
+    assert len(one.classes) <= len(all_dev.classes)
+    assert set(map(tuple, one.position.round(4))) <= set(map(tuple, all_dev.position.round(4)))
+    frames = DeviceFrames(DisacDataset(splits / 'train').device_view('dev0'), 'rf')
+    img, rfx, tgt = frames.batch([0, 1])
+    assert img.shape[1] == 3 and img.is_contiguous() and rfx.shape[1] == 2
+    assert tgt.classes.shape[0] == 2
+
+
+def test_mirror_augmentation_reflects_every_input_and_the_targets_consistently(
+        splits: Path) -> None:
+    frames = DeviceFrames(DisacDataset(splits / 'train').device_view('dev1'))
+    img, rfx, tgt = frames.batch([0, 1])
+    mimg, mrf, mtgt = frames.batch([0, 1], [True, False])
+    torch.testing.assert_close(mimg[0], img[0].flip(-1))
+    torch.testing.assert_close(mimg[1], img[1])
+    torch.testing.assert_close(mrf[0, 0], rfx[0, 0])                  # range-Doppler unchanged
+    q = rfx.shape[-2]
+    for i in range(q):                                                  # angle bin k -> -k
+        torch.testing.assert_close(mrf[0, 1, i], rfx[0, 1, (q - i) % q])
+    torch.testing.assert_close(mtgt.position[0], tgt.position[0] * torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(mtgt.velocity[0], tgt.velocity[0] * torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(mtgt.position[1], tgt.position[1])
+    assert torch.equal(frames.rf[0], rfx[0])                            # cache not modified
