@@ -1,6 +1,6 @@
 """Launch the disac_ros fleet described by config/fleet.yaml.
 
-    ros2 launch disac_ros fleet.launch.py [config:=FILE] [num_devices:=K] [source:=sim|bag]
+    ros2 launch disac_ros fleet.launch.py [config:=FILE] [num_devices:=K] [source:=sim|bag|external]
         [bag:=DIR] [namespace:=NS] [use_sim_time:=true|false] [params_file:=FILE] [log_level:=info]
 
 The node list comes from disac_ros.core.fleet_config.build_fleet, the same function the fallback

@@ -1,0 +1,374 @@
+"""Inference wrappers for the running system: the device side and the aggregator side (ROS-free).
+
+This module is the ONE place in the ROS layer that knows the layout of a trained model folder
+(written by ``disac-train``, see :mod:`disac_ros.core.training`)::
+
+    MODEL/model.json                               devices, shipped_decoder, ...
+    MODEL/recipe.json                              the training recipe (channel, aggregator_xy)
+    MODEL/stage1/<modalities>/<device>/checkpoint  'detector' (LocalDetector: RVFN + head),
+                                                   'encoder' (SemanticEncoder), proxies
+    MODEL/decoders/<modalities>/<kind>/checkpoint  'decoder' (MLPDecoder or LLMDecoder)
+    MODEL/stage2/<modalities>_<aggregator>/checkpoint  'aggregator' (TRAM)
+
+Loading goes through the training package's own loaders, so a layout change there is picked up
+here. Every failure (missing folder, corrupt file, wrong device) raises :class:`ModelError`
+(a :class:`~disac_ros.core.errors.DisacError`) naming the path.
+
+* :class:`DevicePipeline`: image (H, W, 3) uint8 + RF cube (rx, chirp, sample) complex ->
+  RVFN fused feature -> semantic encoder -> power-normalised symbols (L, 2), batched over frames.
+* :class:`AggregatorPipeline`: groups of received packets (symbols after the link, SNR, distance,
+  device pose) -> the shipped decoder (MLP, or LLM when configured) -> TRAM -> world-frame
+  detections (:class:`~disac_ros.core.tracking.Detection`) plus TRAM's per-device aggregation
+  weights. Every packet of every group goes through the decoder in ONE batch and every group
+  through TRAM in one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from disac_ros.core.errors import ConfigError, DisacError
+from disac_ros.core.models.channel import snr_db_from_distance
+from disac_ros.core.models.config import ChannelConfig
+from disac_ros.core.rf import radar_features
+from disac_ros.core.rf_config import RadarConfig
+from disac_ros.core.tracking import NUM_CLASSES, Detection
+
+MODEL_ENV = 'DISAC_MODEL_DIR'
+DEFAULT_MODEL_NAME = 'default'
+DECODER_CHOICES = ('shipped', 'mlp', 'llm', 'llm_no_channel_tokens')
+
+
+class ModelError(DisacError):
+    """A model folder is missing, incomplete or corrupt; the message names the path."""
+
+
+def set_torch_threads(threads: int) -> None:
+    """Limit torch's intra-op threads (nodes share few cores; 1 is the default in nodes)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError('threads', f'must be an integer >= 1, got {threads!r}')
+    torch.set_num_threads(threads)
+
+
+def find_model_dir(path: str | os.PathLike[str] = '') -> Path:
+    """The model folder: ``path`` if given, else ``$DISAC_MODEL_DIR``, else ``models/default`` of
+    the installed share directory (via AMENT_PREFIX_PATH) or of the source tree."""
+    if str(path):
+        return Path(path).expanduser()
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV]).expanduser()
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        cand = Path(prefix) / 'share' / 'disac_ros' / 'models' / DEFAULT_MODEL_NAME
+        if (cand / 'model.json').is_file():
+            return cand
+    return Path(__file__).resolve().parents[2] / 'models' / DEFAULT_MODEL_NAME
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``model.json`` and ``recipe.json`` say about a model folder."""
+
+    root: Path
+    devices: tuple[str, ...]          # device ids the models were trained for (TRAM slot order)
+    shipped_decoder: str
+    recipe: Any                       # training Recipe; None when this version cannot parse it
+    channel: ChannelConfig            # the channel model the decoder was trained with
+    aggregator_xy: tuple[float, float]  # the receiver position the models were trained with
+
+
+def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
+    """Parse ``model.json`` + ``recipe.json``; ModelError names the missing/corrupt file."""
+    from disac_ros.core.training.recipes import Recipe
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelError(f'{root}: model folder does not exist (train one with disac-train, or set '
+                         f'the model_dir parameter / ${MODEL_ENV})')
+    data: dict[str, Any] = {}
+    for name in ('model.json', 'recipe.json'):
+        p = root / name
+        try:
+            data[name] = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ModelError(f'{p}: missing; not a disac-train model folder') from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f'{p}: unreadable ({exc})') from None
+    model = data['model.json']
+    devices = model.get('devices')
+    if not isinstance(devices, list) or not devices or not all(isinstance(d, str) for d in devices):
+        raise ModelError(f'{root / "model.json"}: "devices" must be a non-empty list of device ids')
+    raw = data['recipe.json']
+    try:
+        recipe = Recipe.from_dict(raw)
+    except ConfigError:
+        # A recipe written by another version of disac-train: the MLP path only needs the
+        # channel and the receiver position, read directly below; an LLM decoder needs the recipe.
+        recipe = None
+    try:
+        channel = recipe.channel if recipe is not None else ChannelConfig.from_dict(raw.get('channel', {}))
+        xy = tuple(float(v) for v in raw.get('aggregator_xy', (0.0, 0.0)))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelError(f'{root / "recipe.json"}: {exc}') from None
+    if len(xy) != 2:
+        raise ModelError(f'{root / "recipe.json"}: aggregator_xy must be [x, y], got {xy}')
+    return ModelInfo(root=root, devices=tuple(devices), shipped_decoder=str(model.get('shipped_decoder', 'mlp')),
+                     recipe=recipe, channel=channel, aggregator_xy=xy)  # type: ignore[arg-type]
+
+
+def _load(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a training-package loader; turn any failure into a ModelError naming ``what``."""
+    try:
+        return fn(*args, **kwargs)
+    except DisacError as exc:
+        raise ModelError(f'{what}: {exc}') from None
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ModelError(f'{what}: {type(exc).__name__}: {exc}') from None
+
+
+def radar_config_for(cube_shape: Sequence[int]) -> RadarConfig:
+    """A RadarConfig whose array sizes match a (rx, chirp, sample) cube: all that the feature
+    maps need (they are normalised by their own noise floor)."""
+    if len(cube_shape) != 3 or any(int(s) < 1 for s in cube_shape):
+        raise ConfigError('rf.shape', f'expected (rx, chirp, sample), got {tuple(cube_shape)}')
+    rx, chirps, samples = (int(s) for s in cube_shape)
+    return RadarConfig(num_rx=rx, num_chirps=chirps, num_samples=samples)
+
+
+@dataclass
+class DeviceOutput:
+    """Device-side result for a batch of frames."""
+
+    symbols: np.ndarray      # (B, L, 2) float32, mean |x|^2 = 1 per frame
+    feature: np.ndarray      # (B, F) float32 fused semantic feature (never transmitted)
+
+
+class DevicePipeline:
+    """RVFN + semantic encoder of one device, from a model folder (see the module docstring)."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], device_id: str, *, threads: int = 1,
+                 modalities: str = 'both', model_device_id: str = '') -> None:
+        """Load the device's stage-1 models; ``model_device_id`` uses another device's weights."""
+        from disac_ros.core.training.stage1 import load_device_models, stage1_dir
+        set_torch_threads(threads)
+        self.info = read_model_info(model_dir)
+        self.device_id = device_id
+        self.weights_of = model_device_id or device_id
+        if self.weights_of not in self.info.devices:
+            raise ModelError(f'{self.info.root}: no stage-1 models for device {self.weights_of!r} '
+                             f'(has {list(self.info.devices)}); set model_device_id to one of them')
+        folder = stage1_dir(self.info.root, modalities, self.weights_of)
+        models = _load(str(folder), load_device_models, self.info.root, modalities, self.weights_of)
+        try:
+            self.rvfn = models['detector'].rvfn.eval()
+            self.encoder = models['encoder'].eval()
+        except KeyError as exc:
+            raise ModelError(f'{folder}: checkpoint lacks model {exc}') from None
+        self.modalities = modalities
+        self.num_symbols = int(self.encoder.config.num_symbols)
+        self.feature_dim = int(self.encoder.config.feature_dim)
+        self._radar: dict[tuple[int, ...], RadarConfig] = {}
+
+    def rf_features(self, cube: np.ndarray) -> np.ndarray:
+        """Complex cube (rx, chirp, sample) -> network input (2, chirp, sample) float32."""
+        c = np.asarray(cube)
+        if not np.iscomplexobj(c) or c.ndim != 3:
+            raise ConfigError('rf', f'expected a complex (rx, chirp, sample) cube, got {c.dtype} {c.shape}')
+        if not np.all(np.isfinite(c)):
+            raise ConfigError('rf', 'cube has NaN or infinite values')
+        cfg = self._radar.get(c.shape)
+        if cfg is None:
+            cfg = self._radar[c.shape] = radar_config_for(c.shape)
+        return radar_features(c, cfg)
+
+    @torch.no_grad()
+    def run(self, images: Sequence[np.ndarray], cubes: Sequence[np.ndarray]) -> DeviceOutput:
+        """Encode a batch of (image, cube) pairs."""
+        if len(images) != len(cubes) or not images:
+            raise ConfigError('batch', f'need as many images as cubes (>= 1), got {len(images)} / {len(cubes)}')
+        imgs = []
+        for i, im in enumerate(images):
+            a = np.asarray(im)
+            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+                raise ConfigError(f'image[{i}]', f'expected (H, W, 3) uint8, got {a.dtype} {a.shape}')
+            imgs.append(a)
+        img = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0).contiguous()
+        rf = torch.from_numpy(np.stack([self.rf_features(c) for c in cubes]))
+        fused = self.rvfn(img, rf).feature
+        symbols = self.encoder(fused)
+        return DeviceOutput(symbols=symbols.numpy().astype(np.float32), feature=fused.numpy())
+
+
+@dataclass(frozen=True)
+class ReceivedPacket:
+    """One device's packet as the aggregator has it (after the link)."""
+
+    device_id: str
+    symbols: np.ndarray            # (L, 2) received samples
+    snr_db: float                  # NaN: unknown (derived from the distance)
+    distance_m: float              # NaN: unknown (derived from the pose)
+    pose_xyyaw: tuple[float, float, float]
+
+
+@dataclass
+class AggregateResult:
+    """Aggregator output for one group."""
+
+    detections: list[Detection]
+    device_ids: list[str]          # devices of the group, in TRAM slot order
+    weights: list[float]           # TRAM aggregation weight per device (parallel to device_ids)
+    snr_db: list[float]            # SNR used per device
+    distance_m: list[float]        # distance used per device
+
+
+class AggregatorPipeline:
+    """Shipped decoder + TRAM over groups of received packets (see the module docstring)."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, threads: int = 1, decoder: str = 'shipped',
+                 aggregator: str = 'tram', modalities: str = 'both', score_threshold: float = 0.5,
+                 nms_radius_m: float = 1.0, llm_source: str = '',
+                 slot_of: dict[str, str] | None = None) -> None:
+        """
+        Load the decoder and TRAM.
+
+        :param decoder: 'shipped' (model.json's choice), 'mlp', 'llm' or 'llm_no_channel_tokens'.
+        :param score_threshold: keep a query when its best real-class probability is >= this.
+        :param nms_radius_m: of detections of one class closer than this, keep the best only.
+        :param llm_source: override the recipe's LLM source for an LLM decoder ('' = recipe).
+        :param slot_of: device id -> model device id whose TRAM slot it uses (default: itself).
+        """
+        from disac_ros.core.training.decoder import decoder_dir, load_decoder
+        from disac_ros.core.training.stage2 import load_aggregator, stage2_dir
+        set_torch_threads(threads)
+        if decoder not in DECODER_CHOICES:
+            raise ConfigError('decoder', f'expected one of {", ".join(DECODER_CHOICES)}, got {decoder!r}')
+        if not (0.0 < score_threshold <= 1.0):
+            raise ConfigError('score_threshold', f'must be in (0, 1], got {score_threshold!r}')
+        self.info = read_model_info(model_dir)
+        self.decoder_kind = self.info.shipped_decoder if decoder == 'shipped' else decoder
+        recipe = self.info.recipe
+        if self.decoder_kind != 'mlp' and recipe is None:
+            raise ModelError(f'{self.info.root / "recipe.json"}: cannot be parsed by this version; '
+                             f'the {self.decoder_kind} decoder needs it (use decoder:=mlp)')
+        if llm_source and recipe is not None:
+            recipe = replace(recipe, llm=llm_source)
+        dfolder = decoder_dir(self.info.root, modalities, self.decoder_kind) / 'checkpoint'
+        self.decoder = _load(str(dfolder), load_decoder, self.info.root, modalities, self.decoder_kind,
+                             recipe).eval()
+        afolder = stage2_dir(self.info.root, modalities, aggregator) / 'checkpoint'
+        self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
+        self.channel_config = self.info.channel
+        self.score_threshold = float(score_threshold)
+        self.nms_radius_m = float(nms_radius_m)
+        self.slot_of = dict(slot_of or {})
+        self.num_symbols = int(self.decoder.config.num_symbols)
+
+    def slot(self, device_id: str) -> int:
+        """TRAM device-id slot of a device; ModelError when the model has none for it."""
+        model_dev = self.slot_of.get(device_id, device_id)
+        try:
+            return self.info.devices.index(model_dev)
+        except ValueError:
+            raise ModelError(f'{self.info.root}: device {device_id!r} has no TRAM slot (model devices '
+                             f'{list(self.info.devices)}); map it with slot_of') from None
+
+    def link_side_info(self, p: ReceivedPacket) -> tuple[float, float]:
+        """(snr_db, distance_m), filling unknowns: distance from the pose and the trained receiver
+        position, SNR from the path-loss model."""
+        dist = p.distance_m
+        if not math.isfinite(dist) or dist <= 0:
+            ax, ay = self.info.aggregator_xy
+            dist = max(math.hypot(p.pose_xyyaw[0] - ax, p.pose_xyyaw[1] - ay),
+                       self.channel_config.min_distance_m)
+        snr = p.snr_db
+        if not math.isfinite(snr):
+            snr = float(snr_db_from_distance(dist, self.channel_config))
+        return float(snr), float(dist)
+
+    @torch.no_grad()
+    def run(self, groups: Sequence[Sequence[ReceivedPacket]]) -> list[AggregateResult]:
+        """Decode and fuse a batch of groups (each: packets of distinct devices, >= 1)."""
+        if not groups:
+            return []
+        flat: list[ReceivedPacket] = []
+        for gi, g in enumerate(groups):
+            if not g:
+                raise ConfigError(f'groups[{gi}]', 'empty group')
+            ids = [p.device_id for p in g]
+            if len(set(ids)) != len(ids):
+                raise ConfigError(f'groups[{gi}]', f'duplicate devices {ids}')
+            flat.extend(sorted(g, key=lambda p: self.slot(p.device_id)))
+        for p in flat:
+            s = np.asarray(p.symbols)
+            if s.shape != (self.num_symbols, 2) or not np.all(np.isfinite(s)):
+                raise ConfigError(f'{p.device_id}.symbols', f'expected finite ({self.num_symbols}, 2), '
+                                                            f'got {s.shape}')
+        side = [self.link_side_info(p) for p in flat]
+        y = torch.from_numpy(np.stack([np.asarray(p.symbols, dtype=np.float32) for p in flat]))
+        snr = torch.tensor([s for s, _ in side], dtype=torch.float32)
+        dist = torch.tensor([d for _, d in side], dtype=torch.float32)
+        fhat = self.decoder(y, snr, dist).float()                       # (N, F), one batch
+        b = len(groups)
+        k = max(len(g) for g in groups)
+        f = fhat.shape[1]
+        feats = torch.zeros(b, k, f)
+        present = torch.zeros(b, k, dtype=torch.bool)
+        pose = torch.zeros(b, k, 3)
+        link = torch.zeros(b, k, 2)
+        link[..., 1] = 100.0
+        slots = torch.zeros(b, k, dtype=torch.long)
+        n = 0
+        for gi, g in enumerate(groups):
+            for j in range(len(g)):
+                p = flat[n]
+                feats[gi, j] = fhat[n]
+                present[gi, j] = True
+                pose[gi, j] = torch.tensor(p.pose_xyyaw, dtype=torch.float32)
+                link[gi, j] = torch.tensor(side[n])
+                slots[gi, j] = self.slot(p.device_id)
+                n += 1
+        out = self.tram(feats, present, pose, link, slots)
+        probs = out.prediction.logits.float().softmax(-1).numpy()          # (B, Q, C)
+        pos = out.prediction.position.float().numpy()
+        vel = out.prediction.velocity.float().numpy()
+        weights = out.weights.float().numpy()
+        results = []
+        n = 0
+        for gi, g in enumerate(groups):
+            members = flat[n:n + len(g)]
+            results.append(AggregateResult(
+                detections=self._detections(probs[gi], pos[gi], vel[gi], [p.device_id for p in members]),
+                device_ids=[p.device_id for p in members],
+                weights=[float(w) for w in weights[gi, :len(g)]],
+                snr_db=[s for s, _ in side[n:n + len(g)]],
+                distance_m=[d for _, d in side[n:n + len(g)]]))
+            n += len(g)
+        return results
+
+    def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
+                    devices: list[str]) -> list[Detection]:
+        real = probs[:, 1:]
+        score = real.max(-1)
+        order = np.argsort(-score)
+        kept: list[Detection] = []
+        kept_cls: list[int] = []
+        for q in order:
+            if score[q] < self.score_threshold:
+                break
+            cls = int(real[q].argmax()) + 1
+            if any(c == cls and np.hypot(*(pos[q] - d.position)) < self.nms_radius_m
+                   for c, d in zip(kept_cls, kept)):
+                continue
+            dist = np.zeros(NUM_CLASSES)
+            n_real = min(NUM_CLASSES - 1, real.shape[1])
+            dist[1:1 + n_real] = real[q, :n_real] / max(float(real[q].sum()), 1e-9)
+            kept.append(Detection(position=pos[q].astype(np.float64), class_probabilities=dist,
+                                  velocity=vel[q].astype(np.float64), confidence=float(score[q]),
+                                  devices=frozenset(devices)))
+            kept_cls.append(cls)
+        return kept

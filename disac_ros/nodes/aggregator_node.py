@@ -1,0 +1,321 @@
+"""aggregator_node (aggregation center / roadside unit): features of K devices -> tracked objects.
+
+Subscribes to every configured device on ``/<device_id>/<input_topic>`` (``link/feature``
+behind the emulated link, ``semantic/feature`` on real radios), checks each packet
+(configured device id, codec version, payload, optional authentication tag), groups the packets by
+sensor stamp (:class:`disac_ros.core.sync.FeatureSynchronizer`), runs the shipped semantic decoder
+batched over every device of every ready group, then TRAM, then the multi-object tracker
+(:class:`disac_ros.core.tracking.MultiObjectTracker`), and publishes:
+
+=====================  =====================================  ===================================
+topic                  type                                   content
+=====================  =====================================  ===================================
+``tracks_topic``       disac_interfaces/TrackedObjectArray    confirmed tracks, stamp = sensor time
+``markers_topic``      visualization_msgs/MarkerArray         boxes, velocity arrows, labels
+``weights_topic``      disac_interfaces/AggregationWeights    TRAM weight, SNR, distance, staleness
+``/diagnostics``       diagnostic_msgs/DiagnosticArray        per-device staleness/SNR, latencies
+=====================  =====================================  ===================================
+
+It works with any subset of the devices: a group is fused as soon as every *active* device
+(heard from within ``active_timeout_s``) is in it, or after ``max_wait_s``. Bad packets are
+logged (throttled), counted per reason in diagnostics and dropped; a missing or corrupt model is
+reported and retried every 5 s while the node keeps running.
+"""
+from __future__ import annotations
+
+import array
+import math
+import sys
+import time
+
+import numpy as np
+from rclpy.node import Node
+
+from disac_interfaces.msg import AggregationWeights, SemanticFeature, TrackedObject, TrackedObjectArray
+from visualization_msgs.msg import MarkerArray
+
+from disac_ros.core.errors import ConfigError, DisacError
+from disac_ros.core.packet import CODEC_VERSION, dequantize
+from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
+from disac_ros.core.tracking import MultiObjectTracker, Track, TrackerConfig
+from disac_ros.core.types import SENSED_CAMERA, SENSED_RF
+from disac_ros.nodes import conversions as cv
+from disac_ros.nodes import feature_msgs as fm
+from disac_ros.nodes.feature_msgs import device_topic
+from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.markers import CLASS_SIZES, tracks_to_markers
+from disac_ros.nodes.node_main import run_node
+from disac_ros.nodes.params import Param, declare_params
+from disac_ros.nodes.qos import qos_by_name, reliable_qos
+
+PARAMS = (
+    Param('device_ids', ['dev0', 'dev1', 'dev2', 'dev3'], 'accepted devices (features of others are dropped)'),
+    Param('input_topic', 'link/feature',
+          'per-device feature topic under /<device_id>/: link/feature behind link_node, '
+          'semantic/feature on real links'),
+    Param('input_qos', 'sensor_data', 'QoS of the feature subscriptions', choices=('sensor_data', 'reliable')),
+    Param('tracks_topic', '/aggregator/tracks', 'TrackedObjectArray output'),
+    Param('markers_topic', '/aggregator/markers', 'MarkerArray output'),
+    Param('weights_topic', '/aggregator/weights', 'AggregationWeights output'),
+    Param('world_frame', 'world', 'frame of the tracks'),
+    Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
+    Param('decoder', 'shipped', "semantic decoder: the model's shipped one, or mlp / llm",
+          choices=('shipped', 'mlp', 'llm', 'llm_no_channel_tokens')),
+    Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
+    Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
+    Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection',
+          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Param('nms_radius_m', 1.0, 'same-class detections closer than this are merged (m)', minimum=0.0),
+    Param('window_s', 0.1, 'packets whose stamps differ by less than this form one group (s)',
+          minimum=0.0, exclusive_minimum=True),
+    Param('max_wait_s', 0.3, 'fuse a group after waiting this long for missing devices (s)',
+          minimum=0.0, exclusive_minimum=True),
+    Param('active_timeout_s', 1.0, 'a device not heard from for this long is not waited for (s)',
+          minimum=0.0, exclusive_minimum=True),
+    Param('verify_auth', False, 'require a valid authentication tag on every packet'),
+    Param('key_file', '', 'KeyRing file (YAML/JSON) for verify_auth'),
+    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret for verify_auth"),
+    Param('tracker_file', '', 'YAML with a tracker: section (TrackerConfig); empty = defaults'),
+    Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100),
+    Param('tracker_max_age_s', 0.0, 'override tracker max_age_s (0 = keep)', minimum=0.0),
+    Param('process_period_s', 0.02, 'how often ready groups are fused (s)', minimum=0.001),
+)
+
+
+def track_to_msg(track: Track) -> TrackedObject:
+    """core Track -> TrackedObject (world frame, z = 0; heading from the velocity)."""
+    msg = TrackedObject()
+    msg.id = int(track.id)
+    msg.classification = int(track.class_id)
+    msg.class_confidence = float(track.class_confidence)
+    msg.class_probabilities = array.array('f', [float(p) for p in track.class_probabilities])
+    msg.existence_probability = float(track.existence_probability)
+    vx, vy = (float(v) for v in track.velocity)
+    yaw = math.atan2(vy, vx) if math.hypot(vx, vy) > 0.3 else 0.0
+    from disac_ros.core.types import Pose
+    msg.pose.pose = cv.pose_to_msg(Pose((float(track.position[0]), float(track.position[1]), 0.0), yaw))
+    cov = np.zeros((6, 6))
+    cov[:2, :2] = track.position_cov
+    cov[2, 2] = cov[3, 3] = cov[4, 4] = 1e6
+    cov[5, 5] = 1.0
+    msg.pose.covariance = cov.reshape(36)
+    msg.twist.twist.linear.x, msg.twist.twist.linear.y = vx, vy
+    tcov = np.zeros((6, 6))
+    tcov[:2, :2] = track.velocity_cov
+    tcov[2, 2] = tcov[3, 3] = tcov[4, 4] = tcov[5, 5] = 1e6
+    msg.twist.covariance = tcov.reshape(36)
+    size = CLASS_SIZES[track.class_id if track.class_id < len(CLASS_SIZES) else 0]
+    msg.dimensions.x, msg.dimensions.y, msg.dimensions.z = size
+    msg.contributing_devices = list(track.contributing_devices)
+    msg.sensed_by_modalities = array.array('B', [SENSED_CAMERA | SENSED_RF] * len(track.contributing_devices))
+    msg.first_seen = cv.time_to_msg(max(0.0, track.first_seen_s))
+    msg.hits = int(track.hits)
+    return msg
+
+
+class AggregatorNode(Node):
+    """Decoder + TRAM + tracker over the configured devices (see module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__('aggregator')
+        cfg = declare_params(self, PARAMS)
+        self.cfg = cfg
+        self.device_ids = list(cfg['device_ids'])
+        if not self.device_ids:
+            raise ConfigError(f'{self.get_name()}.device_ids', 'at least one device is needed')
+        self.keyring = fm.load_keyring(cfg['key_file'], cfg['shared_secret'])
+        if cfg['verify_auth'] and self.keyring is None:
+            raise ConfigError(f'{self.get_name()}.verify_auth', 'needs key_file or shared_secret')
+        self.tracker = MultiObjectTracker(self._tracker_config())
+        self.sync = FeatureSynchronizer(self.device_ids, cfg['window_s'], cfg['max_wait_s'], cfg['active_timeout_s'])
+        self.pipeline = None
+        self.model_error = ''
+        self.diag = Diagnostics(self, 'aggregator', warn_if=self._warning)
+        for key in ('groups', 'tracks_published', 'unknown_device', 'bad_payload', 'bad_codec', 'auth_failed',
+                    'late', 'duplicate', 'decode_errors'):
+            self.diag.set(key, 0.0)
+        qos = qos_by_name(cfg['input_qos'])
+        for dev in self.device_ids:
+            topic = device_topic(dev, cfg['input_topic'])
+            self.create_subscription(SemanticFeature, topic, lambda m, d=dev: self._on_feature(d, m), qos)
+        self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
+        self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
+        self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
+        self._last_warn: dict[str, float] = {}
+        self._load_model()
+        if self.pipeline is None:
+            self._retry = self.create_timer(5.0, self._load_model)
+        self.create_timer(cfg['process_period_s'], self._process)
+        self.get_logger().info(
+            f'aggregating {self.device_ids} from /<dev>/{cfg["input_topic"]} -> {self.tracks_pub.topic_name} '
+            f'(auth {"verified" if cfg["verify_auth"] else "not checked"}, window {cfg["window_s"]} s)')
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def _tracker_config(self) -> TrackerConfig:
+        data: dict = {}
+        if self.cfg['tracker_file']:
+            import yaml
+            try:
+                with open(self.cfg['tracker_file']) as f:
+                    doc = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f'{self.get_name()}.tracker_file', str(exc)) from None
+            data = dict(doc.get('tracker', doc))
+        if self.cfg['tracker_min_hits']:
+            data['min_hits'] = self.cfg['tracker_min_hits']
+            data['confirm_window'] = max(int(data.get('confirm_window', 5)), self.cfg['tracker_min_hits'])
+        if self.cfg['tracker_max_age_s']:
+            data['max_age_s'] = self.cfg['tracker_max_age_s']
+        return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
+
+    def _load_model(self) -> None:
+        from disac_ros.core.inference import AggregatorPipeline, find_model_dir
+        if self.pipeline is not None:
+            return
+        t0 = time.monotonic()
+        model_dir = find_model_dir(self.cfg['model_dir'])
+        try:
+            pipeline = AggregatorPipeline(model_dir, threads=self.cfg['threads'], decoder=self.cfg['decoder'],
+                                          score_threshold=self.cfg['score_threshold'],
+                                          nms_radius_m=self.cfg['nms_radius_m'], llm_source=self.cfg['llm_source'])
+            for dev in self.device_ids:
+                pipeline.slot(dev)
+        except DisacError as exc:
+            if str(exc) != self.model_error:
+                self.get_logger().error(f'cannot load the aggregator model (retrying every 5 s): {exc}')
+            self.model_error = str(exc)
+            self.diag.set('model_error', self.model_error)
+            self.diag.count('model_load_failures')
+            return
+        self.pipeline = pipeline
+        self.model_error = ''
+        self.diag.set('model_error', '')
+        self.diag.set('decoder', pipeline.decoder_kind)
+        retry = getattr(self, '_retry', None)
+        if retry is not None:
+            retry.cancel()
+        self.get_logger().info(f'loaded {pipeline.decoder_kind} decoder + TRAM from {model_dir} '
+                               f'in {time.monotonic() - t0:.2f} s')
+
+    def _warning(self, values: dict) -> str | None:
+        if self.model_error:
+            return f'no model: {self.model_error}'
+        now = self._now()
+        stale = [d for d, s in self.sync.staleness(now).items()
+                 if not (s['since_heard_s'] <= self.cfg['active_timeout_s'])]
+        return f'no packets from {", ".join(stale)}' if stale else None
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _warn(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn.get(key, 0.0) > 2.0:
+            self._last_warn[key] = now
+            self.get_logger().warning(text)
+
+    # ---- input ------------------------------------------------------------------------------
+
+    def _reject(self, counter: str, dev: str, text: str) -> None:
+        self.diag.count(counter)
+        self.diag.count(f'{dev}.rejected')
+        self._warn(counter + dev, f'{dev}: packet dropped ({counter}): {text}')
+
+    def _on_feature(self, dev: str, msg: SemanticFeature) -> None:
+        from disac_ros.core.inference import ReceivedPacket
+        now = self._now()
+        if msg.device_id != dev or msg.device_id not in self.device_ids:
+            return self._reject('unknown_device', dev, f'device_id {msg.device_id!r} on the topic of {dev}')
+        if msg.codec_version != CODEC_VERSION:
+            return self._reject('bad_codec', dev, f'codec_version {msg.codec_version} != {CODEC_VERSION}')
+        try:
+            if self.cfg['verify_auth'] and not self.keyring.verify(fm.packet_fields(msg), bytes(msg.auth_tag)):
+                return self._reject('auth_failed', dev, 'authentication tag does not verify')
+            symbols = dequantize(fm.msg_payload(msg))
+        except (DisacError, ValueError, KeyError) as exc:
+            counter = 'auth_failed' if 'auth_tag' in str(exc) else 'bad_payload'
+            return self._reject(counter, dev, str(exc))
+        n = self.pipeline.num_symbols if self.pipeline is not None else None
+        if symbols.ndim != 2 or symbols.shape[1] != 2 or (n is not None and symbols.shape[0] != n):
+            return self._reject('bad_payload', dev, f'shape {symbols.shape}, expected ({n}, 2)')
+        pose = fm.pose_xyyaw(msg.device_pose)
+        if not all(math.isfinite(v) for v in pose):
+            return self._reject('bad_payload', dev, 'device pose is not finite')
+        stamp = cv.msg_to_time(msg.header.stamp)
+        last = self.tracker.last_time_s
+        if last is not None and stamp < last - 5.0:
+            # Time went backwards (a bag looped, the simulator restarted): start over.
+            self.get_logger().warn(f'stamps jumped back {last - stamp:.1f} s; resetting the tracker')
+            self.tracker.reset()
+            self.sync.reset()
+        packet = ReceivedPacket(dev, symbols, float(msg.snr_db), float(msg.distance_m), pose)
+        # The exact stamp travels along: float seconds lose nanoseconds at epoch scale.
+        result = self.sync.add(TimedPacket(dev, stamp, now, (packet, msg.header.stamp)))
+        self.diag.tick(f'{dev}.in')
+        self.diag.set(f'{dev}.snr_db', float(msg.snr_db))
+        self.diag.set(f'{dev}.distance_m', float(msg.distance_m))
+        if result != 'accepted':
+            self.diag.count(result)
+
+    # ---- fusion -----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        now = self._now()
+        for dev, s in self.sync.staleness(now).items():
+            self.diag.set(f'{dev}.since_heard_s', s['since_heard_s'])
+            self.diag.set(f'{dev}.link_latency_s', s['latency_s'])
+        self.diag.set('active_devices', float(len(self.sync.active_devices(now))))
+        self.diag.set('pending_groups', float(self.sync.pending))
+        if self.pipeline is None:
+            return
+        groups = self.sync.pop_ready(now)
+        if not groups:
+            return
+        t0 = time.monotonic()
+        try:
+            results = self.pipeline.run([[p.data[0] for p in g.packets.values()] for g in groups])
+        except (DisacError, ValueError, RuntimeError) as exc:
+            self.diag.count('decode_errors', len(groups))
+            self._warn('decode', f'fusion failed for {len(groups)} group(s): {exc}')
+            return
+        self.diag.timing('decode_fuse', time.monotonic() - t0)
+        self.diag.set('batch_groups', float(len(groups)))
+        for g, res in zip(groups, results):
+            # The group's stamp: that of its anchor packet (the one whose stamp opened the group).
+            anchor = min(g.packets.values(), key=lambda p: abs(p.stamp_s - g.stamp_s))
+            stamp = anchor.data[1]
+            tracks = self.tracker.update(g.stamp_s, res.detections)
+            out = TrackedObjectArray()
+            out.header = cv.make_header(stamp, self.cfg['world_frame'])
+            out.objects = [track_to_msg(t) for t in tracks]
+            self.tracks_pub.publish(out)
+            self.markers_pub.publish(tracks_to_markers(out))
+            w = AggregationWeights()
+            w.header = cv.make_header(stamp, self.cfg['world_frame'])
+            w.device_ids = list(res.device_ids)
+            w.weights = array.array('f', res.weights)
+            w.snr_db = array.array('f', res.snr_db)
+            w.distance_m = array.array('f', res.distance_m)
+            w.staleness_s = array.array('f', [g.packets[d].received_s - g.packets[d].stamp_s for d in res.device_ids])
+            self.weights_pub.publish(w)
+            self.diag.count('groups')
+            self.diag.count('tracks_published')
+            self.diag.set('tracks', float(len(tracks)))
+            self.diag.set('detections', float(len(res.detections)))
+            self.diag.set('group_devices', float(len(res.device_ids)))
+            self.diag.timing('sensor_to_tracks', self._now() - g.stamp_s)
+            self.diag.tick('tracks_out')
+        st = self.tracker.stats
+        self.diag.set('tracks_born', float(st.tracks_born))
+        self.diag.set('tracks_deleted', float(st.tracks_deleted))
+        self.diag.set('groups_timed_out', float(self.sync.stats.groups_timed_out))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
+    return run_node(AggregatorNode, args=args, name='aggregator_node')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

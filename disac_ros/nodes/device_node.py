@@ -1,0 +1,238 @@
+"""device_node: one sensing device (vehicle or roadside unit): camera + RF -> SemanticFeature.
+
+Subscribes (sensor_data QoS by default) to ``camera_topic`` (sensor_msgs/Image) and ``rf_topic``
+(disac_interfaces/RfFrame), pairs them by stamp (approximate time: the nearest RF frame within
+``slop_s`` of an image), runs RVFN + the semantic encoder of the model folder on the CPU
+(``threads`` torch threads) and publishes a quantised, optionally signed SemanticFeature on
+``feature_topic`` with best-effort QoS and a lifespan (``lifespan_s``): a feature older than that
+is worthless to the aggregator, so DDS may discard it.
+
+The device pose sent with each feature comes from /tf (``world_frame`` -> ``base_frame``, nearest
+stamp; tf2_ros is not on PyPI, so a small cache reads /tf directly) or from ``static_pose``
+("x y z yaw", for a roadside unit without tf).
+
+Processing never queues: callbacks only pair frames; a short timer processes the newest pair and
+counts the ones it skipped (``dropped``), so a slow CPU lowers the output rate instead of growing
+latency. Diagnostics: input/output rates, pipeline latency, paired/unpaired/dropped frames, bad
+input. Bad input (wrong encoding/shape, NaN) is logged (throttled), counted, and skipped.
+"""
+from __future__ import annotations
+
+from collections import deque
+import math
+import sys
+import time
+
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image
+from tf2_msgs.msg import TFMessage
+
+from disac_interfaces.msg import RfFrame, SemanticFeature
+from disac_ros.core.errors import ConfigError, DisacError
+from disac_ros.core.packet import CODEC_VERSION, quantize
+from disac_ros.nodes import conversions as cv
+from disac_ros.nodes import feature_msgs as fm
+from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.node_main import run_node
+from disac_ros.nodes.params import Param, declare_params
+from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
+
+PARAMS = (
+    Param('device_id', 'dev0', 'this device\'s id (must be configured at the aggregator)'),
+    Param('camera_topic', 'camera/image_raw', 'sensor_msgs/Image input (relative to the namespace)'),
+    Param('rf_topic', 'rf/frame', 'disac_interfaces/RfFrame input'),
+    Param('feature_topic', 'semantic/feature', 'SemanticFeature output'),
+    Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
+    Param('model_device_id', '', "use this device's stage-1 weights (empty = device_id)"),
+    Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
+    Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0),
+    Param('sensor_qos', 'sensor_data', 'QoS of the camera and RF subscriptions', choices=('sensor_data', 'reliable')),
+    Param('lifespan_s', 1.0, 'lifespan of published features (s); 0 = infinite', minimum=0.0),
+    Param('bits', 8, 'quantisation bits per I/Q component', minimum=2, maximum=8),
+    Param('world_frame', 'world', 'frame of the device pose'),
+    Param('base_frame', '', 'tf child frame of the device; empty = <device_id>/base_link'),
+    Param('static_pose', '', "'x y z yaw' fixed device pose (roadside unit without tf); empty = from /tf"),
+    Param('pose_tolerance_s', 0.5, 'max |tf stamp - image stamp| for the pose (s)', minimum=0.0),
+    Param('pose_wait_s', 0.05, 'wait up to this long for the /tf of a frame\'s instant (s)', minimum=0.0),
+    Param('key_file', '', 'KeyRing file (YAML/JSON) to sign features; empty = no key file'),
+    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret to sign features; empty = unsigned"),
+    Param('process_period_s', 0.01, 'how often the newest pair is processed (s)', minimum=0.001),
+)
+
+
+class DeviceNode(Node):
+    """Pairs camera + RF frames, encodes them, publishes SemanticFeature (see module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__('device_node')
+        cfg = declare_params(self, PARAMS)
+        self.cfg = cfg
+        self.device_id = cfg['device_id']
+        self.base_frame = cfg['base_frame'] or f'{self.device_id}/base_link'
+        self.static_pose = None
+        if cfg['static_pose']:
+            try:
+                vals = [float(v) for v in cfg['static_pose'].replace(',', ' ').split()]
+            except ValueError:
+                vals = []
+            if len(vals) != 4:
+                raise ConfigError(f'{self.get_name()}.static_pose', f"expected 'x y z yaw', got {cfg['static_pose']!r}")
+            self.static_pose = fm.static_pose(vals)
+        self.keyring = fm.load_keyring(cfg['key_file'], cfg['shared_secret'])
+        self.pipeline = None
+        self.model_error = ''
+        qos_in = qos_by_name(cfg['sensor_qos'])
+        self._images: deque[tuple[float, Image]] = deque(maxlen=10)
+        self._rf: deque[tuple[float, RfFrame]] = deque(maxlen=10)
+        self._pending: tuple[float, Image, RfFrame] | None = None
+        self._last_paired_stamp = -math.inf
+        self._paired_at = 0.0
+        self.poses = fm.PoseCache(cfg['world_frame'], self.base_frame)
+        self.create_subscription(Image, cfg['camera_topic'], self._on_image, qos_in)
+        self.create_subscription(RfFrame, cfg['rf_topic'], self._on_rf, qos_in)
+        if self.static_pose is None:
+            self.create_subscription(TFMessage, '/tf', self.poses.add_tf, reliable_qos(100))
+        out_qos = sensor_qos(5)
+        if cfg['lifespan_s'] > 0:
+            out_qos = QoSProfile(history=out_qos.history, depth=out_qos.depth, reliability=out_qos.reliability,
+                                 durability=out_qos.durability, lifespan=Duration(seconds=cfg['lifespan_s']))
+        self.pub = self.create_publisher(SemanticFeature, cfg['feature_topic'], out_qos)
+        self.seq = 0
+        self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
+                                warn_if=lambda v: f'no model: {self.model_error}' if self.model_error else None)
+        for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose'):
+            self.diag.set(key, 0.0)
+        self._last_warn = 0.0
+        self.create_timer(cfg['process_period_s'], self._process)
+        self._load_model()
+        if self.pipeline is None:
+            # A missing or corrupt model must not kill the device: keep reporting and retry.
+            self._retry = self.create_timer(5.0, self._load_model)
+        self.get_logger().info(f'{self.device_id}: {self.get_namespace()}/{cfg["camera_topic"]} + '
+                               f'{cfg["rf_topic"]} -> {self.pub.topic_name} '
+                               f'({"signed" if self.keyring else "unsigned"}, {cfg["bits"]} bits, '
+                               f'slop {cfg["slop_s"]} s)')
+
+    def _load_model(self) -> None:
+        from disac_ros.core.inference import DevicePipeline, find_model_dir
+        if self.pipeline is not None:
+            return
+        t0 = time.monotonic()
+        model_dir = find_model_dir(self.cfg['model_dir'])
+        try:
+            self.pipeline = DevicePipeline(model_dir, self.device_id, threads=self.cfg['threads'],
+                                           model_device_id=self.cfg['model_device_id'])
+        except DisacError as exc:
+            if str(exc) != self.model_error:
+                self.get_logger().error(f'cannot load the device model (retrying every 5 s): {exc}')
+            self.model_error = str(exc)
+            self.diag.set('model_error', self.model_error)
+            self.diag.count('model_load_failures')
+            return
+        self.model_error = ''
+        self.diag.set('model_error', '')
+        retry = getattr(self, '_retry', None)
+        if retry is not None:
+            retry.cancel()
+        self.get_logger().info(f'loaded device models from {model_dir} in {time.monotonic() - t0:.2f} s')
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn > 2.0:      # throttle: bad streams must not flood the log
+            self._last_warn = now
+            self.get_logger().warning(text)
+
+    def _on_image(self, msg: Image) -> None:
+        self.diag.tick('image_in')
+        self._images.append((cv.msg_to_time(msg.header.stamp), msg))
+        self._pair()
+
+    def _on_rf(self, msg: RfFrame) -> None:
+        self.diag.tick('rf_in')
+        self._rf.append((cv.msg_to_time(msg.header.stamp), msg))
+        self._pair()
+
+    def _pair(self) -> None:
+        """Pair the newest image with the nearest RF frame within the slop; count the losers."""
+        if not self._images or not self._rf:
+            return
+        slop = self.cfg['slop_s']
+        if self._images[-1][0] < self._last_paired_stamp - 1.0:
+            # Time went backwards (a bag looped, the simulator restarted): start pairing afresh.
+            self._last_paired_stamp = -math.inf
+            self._images = deque([self._images[-1]], maxlen=self._images.maxlen)
+            self._rf = deque([r for r in self._rf if abs(r[0] - self._images[-1][0]) < 1.0],
+                             maxlen=self._rf.maxlen)
+            if not self._rf:
+                return
+        for i in range(len(self._images) - 1, -1, -1):
+            t_img, img = self._images[i]
+            j, (t_rf, rf) = min(enumerate(self._rf), key=lambda e: abs(e[1][0] - t_img))
+            if abs(t_rf - t_img) <= slop and t_img > self._last_paired_stamp:
+                # Every older image that never found a partner is unpaired for good.
+                older = [t for t, _ in list(self._images)[:i] if t > self._last_paired_stamp]
+                if older:
+                    self.diag.count('unpaired', len(older))
+                for _ in range(i + 1):
+                    self._images.popleft()
+                for _ in range(j + 1):
+                    self._rf.popleft()
+                if self._pending is not None:
+                    self.diag.count('dropped')       # the CPU did not keep up: keep the newest
+                self._pending = (t_img, img, rf)
+                self._paired_at = time.monotonic()
+                self._last_paired_stamp = t_img
+                self.diag.count('paired')
+                return
+
+    def _pose(self, stamp_s: float):
+        if self.static_pose is not None:
+            return self.static_pose
+        return self.poses.lookup(stamp_s, self.cfg['pose_tolerance_s'])
+
+    def _process(self) -> None:
+        if self._pending is None or self.pipeline is None:
+            return
+        t_img, img_msg, rf_msg = self._pending
+        newest = self.poses.latest()
+        if self.static_pose is None and (newest is None or newest[0] < t_img - 1e-3) \
+                and time.monotonic() - self._paired_at < self.cfg['pose_wait_s']:
+            return                  # the /tf of this instant is usually a few ms behind: wait a little
+        self._pending = None
+        pose = self._pose(t_img)
+        if pose is None:
+            # Without a pose the aggregator cannot place the feature in the world: skip it.
+            self.diag.count('no_pose')
+            self._warn(f'no pose {self.cfg["world_frame"]} -> {self.base_frame} within '
+                       f'{self.cfg["pose_tolerance_s"]} s of {t_img:.3f}; frame skipped '
+                       f'(is /tf published? else set static_pose)')
+            return
+        t0 = time.monotonic()
+        try:
+            image = cv.msg_to_image(img_msg, 'rgb8')
+            cube = cv.msg_to_rf(rf_msg)
+            out = self.pipeline.run([image], [cube])
+            payload = quantize(out.symbols[0], self.cfg['bits'])
+        except (ValueError, DisacError) as exc:
+            self.diag.count('bad_input')
+            self._warn(f'skipping frame at {t_img:.3f}: {exc}')
+            return
+        msg = fm.feature_msg(self.device_id, self.seq, img_msg.header.stamp, self.cfg['world_frame'], pose,
+                             payload, self.keyring, CODEC_VERSION)
+        self.pub.publish(msg)
+        self.seq += 1
+        self.diag.count('published')
+        self.diag.tick('feature_out')
+        self.diag.timing('pipeline', time.monotonic() - t0)
+        self.diag.set('sensor_to_publish_s', time.time() - t_img)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error, 1 on a bad model."""
+    return run_node(DeviceNode, args=args, name='device_node')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

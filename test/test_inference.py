@@ -1,0 +1,126 @@
+"""Device and aggregator inference wrappers (disac_ros.core.inference) on a FAKE, UNTRAINED model
+folder written through the real save functions (test/fake_model.py). Checks shapes, batching,
+masking, side information and error handling, not accuracy."""
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.inference import (AggregatorPipeline, DevicePipeline, ModelError, ReceivedPacket,
+                                      find_model_dir, read_model_info)
+from disac_ros.core.tracking import NUM_CLASSES
+from fake_model import make_fake_model
+
+
+@pytest.fixture(scope='module')
+def fake_model(tmp_path_factory):
+    return make_fake_model(tmp_path_factory.mktemp('fake_untrained_model') / 'model')
+
+
+def frame(seed):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    cube = (rng.normal(size=(4, 16, 64)) + 1j * rng.normal(size=(4, 16, 64))).astype(np.complex64)
+    return image, cube
+
+
+def test_device_pipeline_outputs_power_normalised_symbols_batched(fake_model):
+    dev = DevicePipeline(fake_model, 'dev1', threads=1)
+    frames = [frame(s) for s in range(3)]
+    batch = dev.run([f[0] for f in frames], [f[1] for f in frames])
+    assert batch.symbols.shape == (3, dev.num_symbols, 2) and batch.feature.shape == (3, dev.feature_dim)
+    np.testing.assert_allclose((batch.symbols ** 2).sum(-1).mean(-1), 1.0, rtol=1e-4)
+    one = dev.run([frames[1][0]], [frames[1][1]])
+    np.testing.assert_allclose(one.symbols[0], batch.symbols[1], atol=1e-5)
+
+
+def test_device_pipeline_rejects_bad_input_and_unknown_devices(fake_model):
+    dev = DevicePipeline(fake_model, 'dev0')
+    image, cube = frame(0)
+    with pytest.raises(ConfigError, match='image'):
+        dev.run([image[..., :1]], [cube])
+    with pytest.raises(ConfigError, match='rf'):
+        dev.run([image], [np.full((4, 16, 64), np.nan, np.complex64)])
+    with pytest.raises(ModelError, match='veh9'):
+        DevicePipeline(fake_model, 'veh9')
+    assert DevicePipeline(fake_model, 'veh9', model_device_id='dev2').weights_of == 'dev2'
+
+
+def packets(fake_model, devices, seed=0):
+    dev = DevicePipeline(fake_model, 'dev0')
+    out = []
+    for i, d in enumerate(devices):
+        sym = dev.run(*[[x] for x in frame(seed + i)]).symbols[0]
+        out.append(ReceivedPacket(d, sym, 10.0 + i, 40.0 + 10 * i, (5.0 * i, -3.0, 0.5 * i)))
+    return out
+
+
+def test_aggregator_batches_groups_and_masks_absent_devices(fake_model):
+    agg = AggregatorPipeline(fake_model, score_threshold=0.2)
+    g_all = packets(fake_model, ['dev3', 'dev0', 'dev1'])
+    g_two = packets(fake_model, ['dev2', 'dev0'], seed=10)
+    batched = agg.run([g_all, g_two])
+    alone = agg.run([g_two])[0]
+    assert batched[0].device_ids == ['dev0', 'dev1', 'dev3']          # TRAM slot order
+    assert sum(batched[0].weights) == pytest.approx(1.0, abs=1e-5)
+    assert sum(batched[1].weights) == pytest.approx(1.0, abs=1e-5)
+    # The smaller group padded into a batch of K=3 gives what it gives alone (absent = masked).
+    np.testing.assert_allclose(batched[1].weights, alone.weights, atol=1e-5)
+    assert len(batched[1].detections) == len(alone.detections)
+    for a, b in zip(batched[1].detections, alone.detections):
+        np.testing.assert_allclose(a.position, b.position, atol=1e-4)
+    for det in batched[0].detections:
+        assert det.class_probabilities.shape == (NUM_CLASSES,) and det.class_probabilities[0] == 0
+        assert det.class_probabilities.sum() == pytest.approx(1.0) and 0.2 <= det.confidence <= 1.0
+        assert det.devices == frozenset({'dev0', 'dev1', 'dev3'})
+
+
+def test_unknown_link_side_information_is_derived(fake_model):
+    agg = AggregatorPipeline(fake_model)
+    p = ReceivedPacket('dev0', np.zeros((agg.num_symbols, 2)), math.nan, math.nan, (30.0, 40.0, 0.0))
+    snr, dist = agg.link_side_info(p)
+    assert dist == pytest.approx(50.0) and math.isfinite(snr)
+    (res,) = agg.run([[ReceivedPacket('dev0', np.ones((agg.num_symbols, 2)), math.nan, math.nan, (30.0, 40.0, 0.0))]])
+    assert res.distance_m == [pytest.approx(50.0)] and res.snr_db == [pytest.approx(snr)]
+
+
+def test_aggregator_rejects_bad_groups(fake_model):
+    agg = AggregatorPipeline(fake_model)
+    good = packets(fake_model, ['dev0'])[0]
+    with pytest.raises(ConfigError, match='dev0.symbols'):
+        agg.run([[ReceivedPacket('dev0', np.zeros((3, 2)), 1.0, 1.0, (0, 0, 0))]])
+    with pytest.raises(ConfigError, match='dev0.symbols'):
+        agg.run([[ReceivedPacket('dev0', np.full((agg.num_symbols, 2), np.nan), 1.0, 1.0, (0, 0, 0))]])
+    with pytest.raises(ConfigError, match='duplicate'):
+        agg.run([[good, good]])
+    with pytest.raises(ModelError, match='no TRAM slot'):
+        agg.run([[ReceivedPacket('intruder', good.symbols, 1.0, 1.0, (0, 0, 0))]])
+    with pytest.raises(ConfigError, match='decoder'):
+        AggregatorPipeline(fake_model, decoder='gpt')
+
+
+def test_missing_or_corrupt_models_raise_model_error_naming_the_path(fake_model, tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match='does not exist'):
+        read_model_info(tmp_path / 'nothing')
+    broken = tmp_path / 'broken'
+    shutil.copytree(fake_model, broken)
+    weights = next((broken / 'stage2' / 'both_tram' / 'checkpoint').glob('*.safetensors'))
+    weights.write_bytes(b'garbage' + weights.read_bytes()[7:])
+    with pytest.raises(ModelError, match='sha256'):
+        AggregatorPipeline(broken)
+    (broken / 'model.json').write_text('{not json')
+    with pytest.raises(ModelError, match='model.json'):
+        DevicePipeline(broken, 'dev0')
+    monkeypatch.setenv('DISAC_MODEL_DIR', str(fake_model))
+    assert find_model_dir('') == fake_model and find_model_dir('/x') == type(fake_model)('/x')
+
+
+def test_llm_decoder_when_configured_loads_and_fuses(tmp_path):
+    model = make_fake_model(tmp_path / 'fake_untrained_llm', devices=('dev0', 'dev1'), llm=True)
+    agg = AggregatorPipeline(model, decoder='llm')
+    assert type(agg.decoder).__name__ == 'LLMDecoder' and agg.decoder_kind == 'llm'
+    (res,) = agg.run([packets(model, ['dev0', 'dev1'])])
+    assert res.device_ids == ['dev0', 'dev1'] and sum(res.weights) == pytest.approx(1.0, abs=1e-5)
+    assert AggregatorPipeline(model).decoder_kind == 'mlp'          # the shipped one
