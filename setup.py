@@ -12,6 +12,16 @@ def share(subdir: str, pattern: str) -> tuple[str, list[str]]:
     return (os.path.join('share', package_name, subdir), sorted(glob(pattern)))
 
 
+def share_tree(root: str) -> list[tuple[str, list[str]]]:
+    """Install every file under root (e.g. the shipped model folder) into share/<package>/root."""
+    entries = []
+    for folder, _, files in sorted(os.walk(root)):
+        if files:
+            entries.append((os.path.join('share', package_name, folder),
+                            sorted(os.path.join(folder, f) for f in files)))
+    return entries
+
+
 setup(
     name=package_name,
     version='0.1.0',
@@ -24,6 +34,7 @@ setup(
         share('config', 'config/*.yaml'),
         share('config', 'config/*.xml'),
         share('config/scenarios', 'config/scenarios/*.yaml'),
+        *share_tree('models'),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -38,10 +49,17 @@ setup(
             'world_node = disac_ros.nodes.world_node:main',
             'bag_player = disac_ros.nodes.bag_player:main',
             'bag_recorder = disac_ros.nodes.bag_recorder:main',
+            'device_node = disac_ros.nodes.device_node:main',
+            'link_node = disac_ros.nodes.link_node:main',
+            'aggregator_node = disac_ros.nodes.aggregator_node:main',
+            'rf_synth_node = disac_ros.nodes.rf_synth_node:main',
             # Tools
             'disac_fleet = disac_ros.tools.fleet:main',
             'disac-bag = disac_ros.tools.bag:main',
             'disac-dataset = disac_ros.tools.dataset_cli:main',
+            'disac-score-tracks = disac_ros.tools.score_tracks:main',
+            'disac-train = disac_ros.tools.train_cli:main',
+            'disac-eval = disac_ros.tools.eval_cli:main',
         ],
     },
 )

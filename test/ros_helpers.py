@@ -55,6 +55,18 @@ def new_domain_id() -> int:
     raise RuntimeError(f'no free ROS domain id in 101..232 (locks in {_DOMAIN_LOCK_DIR})')
 
 
+def fleet_subset_config(folder: Path, node_names: list[str]) -> Path:
+    """Write config/fleet.yaml reduced to the named node entries (for tests of one part of the graph)."""
+    import yaml
+    cfg = yaml.safe_load((REPO / 'config' / 'fleet.yaml').read_text())
+    cfg['nodes'] = [n for n in cfg['nodes'] if n['name'] in node_names]
+    missing = set(node_names) - {n['name'] for n in cfg['nodes']}
+    assert not missing, f'config/fleet.yaml has no node named {sorted(missing)}'
+    path = Path(folder) / ('fleet_' + '_'.join(node_names) + '.yaml')
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     """Environment for ROS child processes of one test."""
     env = dict(os.environ)

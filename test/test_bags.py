@@ -88,7 +88,7 @@ def recorded(tmp_path_factory):
     from sensor_msgs.msg import Image
 
     from disac_ros.nodes.qos import sensor_qos
-    from ros_helpers import REPO, WORLD_START_TIMEOUT_S, Observer, Proc, new_domain_id, ros_env
+    from ros_helpers import WORLD_START_TIMEOUT_S, Observer, Proc, fleet_subset_config, new_domain_id, ros_env
 
     tmp = tmp_path_factory.mktemp('bag')
     domain = new_domain_id()
@@ -96,7 +96,7 @@ def recorded(tmp_path_factory):
     bag = tmp / 'world_bag'
     obs = Observer(domain)
     obs.subscribe('/dev0/camera/image_raw', Image, sensor_qos(10))
-    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(REPO / 'config' / 'fleet.yaml'),
+    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(fleet_subset_config(tmp, ['world'])),
                    '--num-devices', str(len(DEVICES)), '-p', f'world.rate_hz={RATE_HZ}'], env, tmp / 'fleet.log')
     topics = '[' + ', '.join(RECORD_TOPICS) + ']'
     recorder = Proc.python('disac_ros.nodes.bag_recorder', '--ros-args', '-p', f'output:={bag}',
@@ -220,13 +220,15 @@ def test_fleet_runner_with_source_bag_replays_and_exits_0(recorded, tmp_path):
     """disac_fleet --source bag starts bag_player instead of the world; it ends when the bag does."""
     from disac_ros.nodes.qos import reliable_qos
     from disac_interfaces.msg import RfFrame
-    from ros_helpers import REPO, Observer, Proc, new_domain_id, ros_env
+    from ros_helpers import Observer, Proc, fleet_subset_config, new_domain_id, ros_env
 
     bag, _ = recorded
     domain = new_domain_id()
     obs = Observer(domain)
     obs.subscribe('/dev1/rf/frame', RfFrame, reliable_qos(1000), raw=True)
-    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(REPO / 'config' / 'fleet.yaml'),
+    # Only the player: the full graph's device and aggregator nodes would outlive the bag.
+    config = fleet_subset_config(tmp_path, ['bag_player'])
+    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(config),
                    '--source', 'bag', '--bag', str(bag), '-p', 'bag_player.wait_for_subscribers=1',
                    '-p', 'bag_player.topics=[/dev1/rf/frame]', '-p', 'bag_player.rate=2.0'],
                   ros_env(domain), tmp_path / 'fleet.log')

@@ -31,14 +31,17 @@ nodes:
 
 def test_shipped_fleet_yaml_gives_the_world_for_sim():
     specs = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(num_devices=2))
-    assert [(s.name, s.executable, s.namespace) for s in specs] == [('world', 'world_node', '/')]
+    assert [(s.name, s.executable, s.namespace) for s in specs] == [
+        ('world', 'world_node', '/'), ('device_node', 'device_node', '/dev0'),
+        ('device_node', 'device_node', '/dev1'), ('link', 'link_node', '/'), ('aggregator', 'aggregator_node', '/')]
     assert specs[0].parameters['num_devices'] == 2
     assert specs[0].module == 'disac_ros.nodes.world_node'
 
 
 def test_shipped_fleet_yaml_gives_the_bag_player_for_bag():
     specs = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(source='bag', bag='/data/b'))
-    assert [(s.name, s.parameters['bag']) for s in specs] == [('bag_player', '/data/b')]
+    assert (specs[0].name, specs[0].parameters['bag']) == ('bag_player', '/data/b')
+    assert 'world' not in [s.name for s in specs]
 
 
 def test_per_device_fan_out_sources_and_placeholders():
@@ -107,3 +110,15 @@ def test_runner_dry_run_and_config_error_exit_codes(capsys):
     assert '-m disac_ros.nodes.world_node --ros-args -r __node:=world -r __ns:=/' in out
     assert runner.main(['--config', str(FLEET_YAML), '--source', 'bag']) == runner.EXIT_CONFIG
     assert 'needs a bag directory' in capsys.readouterr().err
+
+
+def test_params_file_has_no_yaml_aliases_when_nodes_share_a_list_placeholder():
+    """rcl refuses YAML aliases; two nodes given '{device_ids}' must not share one list object."""
+    import yaml
+    config = {'fleet': {'num_devices': 2}, 'nodes': [
+        {'name': 'a', 'executable': 'x', 'parameters': {'ids': '{device_ids}'}},
+        {'name': 'b', 'executable': 'y', 'parameters': {'ids': '{device_ids}'}}]}
+    specs = build_fleet(config, FleetOptions())
+    text = yaml.safe_dump(params_file_content(specs))
+    assert '&id' not in text and '*id' not in text, text
+    assert specs[0].parameters['ids'] == specs[1].parameters['ids'] == ['dev0', 'dev1']

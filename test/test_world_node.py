@@ -57,7 +57,7 @@ def world(tmp_path_factory):
     obs.subscribe('/tf', TFMessage, reliable_qos(100))
     obs.subscribe('/tf_static', TFMessage, latched_qos(10))
     obs.subscribe('/diagnostics', DiagnosticArray, reliable_qos(50))
-    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(REPO / 'config' / 'fleet.yaml'),
+    runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(world_only_config(log_dir)),
                    '--num-devices', str(len(DEVICES)), '-p', f'world.rate_hz={RATE_HZ}'],
                   ros_env(domain), log_dir / 'fleet.log')
     try:
@@ -215,8 +215,14 @@ def test_world_on_sim_time_publishes_clock_and_sim_stamps(tmp_path):
     assert 'sim stamps, clock on' in node.output()
 
 
+def world_only_config(tmp_path):
+    """config/fleet.yaml reduced to its world entry: these tests are about the world and the runner."""
+    from ros_helpers import fleet_subset_config
+    return fleet_subset_config(tmp_path, ['world'])
+
+
 def _runner(tmp_path, domain, *args):
-    return Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(REPO / 'config' / 'fleet.yaml'),
+    return Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(world_only_config(tmp_path)),
                  '--num-devices', '1', '-p', 'world.renderer=none', *args], ros_env(domain), tmp_path / 'fleet.log')
 
 

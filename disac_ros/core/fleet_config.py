@@ -27,6 +27,8 @@ parameters file cannot type them), so the node keeps its default.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -217,7 +219,9 @@ def _substitute_value(value: Any, values: Mapping[str, Any], where: str) -> Any:
     if isinstance(value, str):
         m = _PLACEHOLDER.fullmatch(value)
         if m and m.group(1) in values:
-            return values[m.group(1)]        # keep the type: '{num_devices}' -> 4
+            # Keep the type ('{num_devices}' -> 4); copy lists so no two nodes share one object,
+            # which yaml.dump would write as an alias that rcl refuses to parse.
+            return copy.deepcopy(values[m.group(1)])
         return _substitute(value, values, where)
     if isinstance(value, list):
         return [_substitute_value(v, values, f'{where}[{i}]') for i, v in enumerate(value)]
