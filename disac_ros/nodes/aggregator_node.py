@@ -42,7 +42,7 @@ from disac_ros.core.types import SENSED_CAMERA, SENSED_RF
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.feature_msgs import device_topic
-from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.markers import CLASS_SIZES, tracks_to_markers
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
@@ -141,7 +141,7 @@ class AggregatorNode(Node):
         self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
         self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
         self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
-        self._last_warn: dict[str, float] = {}
+        self._throttle = LogThrottle(self)      # bad streams must not flood the log
         self._load_model()
         if self.pipeline is None:
             self._retry = self.create_timer(5.0, self._load_model)
@@ -209,18 +209,12 @@ class AggregatorNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _warn(self, key: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warn.get(key, 0.0) > 2.0:
-            self._last_warn[key] = now
-            self.get_logger().warning(text)
-
     # ---- input ------------------------------------------------------------------------------
 
     def _reject(self, counter: str, dev: str, text: str) -> None:
         self.diag.count(counter)
         self.diag.count(f'{dev}.rejected')
-        self._warn(counter + dev, f'{dev}: packet dropped ({counter}): {text}')
+        self._throttle.warning(f'{dev}: packet dropped ({counter}): {text}', key=counter + dev)
 
     def _on_feature(self, dev: str, msg: SemanticFeature) -> None:
         from disac_ros.core.inference import ReceivedPacket
@@ -277,7 +271,7 @@ class AggregatorNode(Node):
             results = self.pipeline.run([[p.data[0] for p in g.packets.values()] for g in groups])
         except (DisacError, ValueError, RuntimeError) as exc:
             self.diag.count('decode_errors', len(groups))
-            self._warn('decode', f'fusion failed for {len(groups)} group(s): {exc}')
+            self._throttle.warning(f'fusion failed for {len(groups)} group(s): {exc}', key='decode')
             return
         self.diag.timing('decode_fuse', time.monotonic() - t0)
         self.diag.set('batch_groups', float(len(groups)))

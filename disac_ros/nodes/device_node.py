@@ -34,7 +34,7 @@ from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.packet import CODEC_VERSION, quantize
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
-from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
@@ -104,7 +104,7 @@ class DeviceNode(Node):
                                 warn_if=lambda v: f'no model: {self.model_error}' if self.model_error else None)
         for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose'):
             self.diag.set(key, 0.0)
-        self._last_warn = 0.0
+        self._warn = LogThrottle(self).warning   # bad streams must not flood the log
         self.create_timer(cfg['process_period_s'], self._process)
         self._load_model()
         if self.pipeline is None:
@@ -138,11 +138,6 @@ class DeviceNode(Node):
             retry.cancel()
         self.get_logger().info(f'loaded device models from {model_dir} in {time.monotonic() - t0:.2f} s')
 
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warn > 2.0:      # throttle: bad streams must not flood the log
-            self._last_warn = now
-            self.get_logger().warning(text)
 
     def _on_image(self, msg: Image) -> None:
         self.diag.tick('image_in')

@@ -36,6 +36,22 @@ class RateMeter:
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
 
 
+class LogThrottle:
+    """Log a warning at most once per period per key, so a bad input stream cannot flood the log."""
+
+    def __init__(self, node: Node, period_s: float = 2.0):
+        self._logger = node.get_logger()
+        self._period_s = period_s
+        self._last: dict[str, float] = {}
+
+    def warning(self, text: str, key: str = '') -> None:
+        """Log ``text`` unless a warning with the same key was logged less than a period ago."""
+        now = time.monotonic()
+        if now - self._last.get(key, -float('inf')) > self._period_s:
+            self._last[key] = now
+            self._logger.warning(text)
+
+
 class Diagnostics:
     """Collects values and publishes them on /diagnostics every ``period_s`` (wall time)."""
 

@@ -29,7 +29,7 @@ from disac_ros.core.link import FADINGS, SNR_MODES, LinkConfig, LinkEmulator
 from disac_ros.core.models.config import ChannelConfig
 from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.feature_msgs import device_topic
-from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name
@@ -84,7 +84,7 @@ class LinkNode(Node):
         self._order = itertools.count()
         self.diag = Diagnostics(self, 'link')
         self._qos = qos
-        self._last_warn = 0.0
+        self._warn = LogThrottle(self).warning   # bad streams must not flood the log
         self.discover = cfg['device_ids'] == ['auto']
         if self.discover:
             self._scan()
@@ -149,11 +149,6 @@ class LinkNode(Node):
         if not self._queue:
             self._timer.cancel()
 
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warn > 2.0:
-            self._last_warn = now
-            self.get_logger().warning(text)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from disac_ros.core.rf_config import RadarConfig
 from disac_ros.core.types import CLASS_NAMES
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
-from disac_ros.nodes.diagnostics import Diagnostics
+from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
@@ -108,7 +108,7 @@ class RfSynthNode(Node):
                      for d in cfg['device_ids']}
         self.seq = {d: 0 for d in cfg['device_ids']}
         self.diag = Diagnostics(self, 'rf_synth')
-        self._last_warn = 0.0
+        self._warn = LogThrottle(self).warning   # bad streams must not flood the log
         self.get_logger().info(f'RF for {cfg["device_ids"]} from {cfg["objects_topic"]} '
                                f'({cfg["num_rx"]}x{cfg["num_chirps"]}x{cfg["num_samples"]} cube)')
 
@@ -178,11 +178,6 @@ class RfSynthNode(Node):
             self.seq[dev] += 1
             self.diag.tick(f'{dev}.rf_out')
 
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warn > 2.0:
-            self._last_warn = now
-            self.get_logger().warning(text)
 
 
 def main(args: list[str] | None = None) -> int:
