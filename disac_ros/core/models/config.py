@@ -128,6 +128,10 @@ class RVFNConfig(_Config):
     dropout: float = 0.0
     feature_dim: int = 256                               # fused semantic feature size
     modalities: str = 'both'                             # 'both' | 'rf' | 'camera' (baselines)
+    # Append 2 normalised (row, col) coordinate maps to each CNN input (CoordConv): the pooled
+    # tokens can then say *where* in their cell a peak is (range/angle bin, pixel), which the
+    # translation-equivariant CNN + average pool otherwise throws away. False = old checkpoints.
+    coord_channels: bool = False
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""

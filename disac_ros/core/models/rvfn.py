@@ -54,10 +54,12 @@ class ConvTokenizer(nn.Module):
     """CNN (stride-2 stem + residual stages) -> adaptive pool -> (B, gh*gw, dim) tokens."""
 
     def __init__(self, in_channels: int, channels: tuple[int, ...], grid: tuple[int, int],
-                 dim: int) -> None:
+                 dim: int, coord: bool = False) -> None:
         super().__init__()
-        stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, stride=2, padding=1,
-                                       bias=False), _norm(channels[0]), nn.GELU())
+        self.coord = coord
+        cin = in_channels + (2 if coord else 0)
+        stem = nn.Sequential(nn.Conv2d(cin, channels[0], 3, stride=2, padding=1, bias=False),
+                             _norm(channels[0]), nn.GELU())
         stages = [_ResBlock(a, b) for a, b in zip(channels[:-1], channels[1:])]
         self.cnn = nn.Sequential(stem, *stages)
         self.pool = nn.AdaptiveAvgPool2d(tuple(grid))
@@ -66,6 +68,12 @@ class ConvTokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, gh*gw, dim)."""
+        if self.coord:
+            b, _, h, w = x.shape
+            rows = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
+            cols = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))   # (2, H, W)
+            x = torch.cat((x, grid.expand(b, -1, -1, -1)), dim=1)
         f = self.pool(self.cnn(x))                      # (B, C', gh, gw)
         return self.proj(f.flatten(2).transpose(1, 2)) + self.pos
 
@@ -124,9 +132,11 @@ class RVFN(nn.Module):
         c = self.config
         self.use_rf = c.modalities in ('both', 'rf')
         self.use_camera = c.modalities in ('both', 'camera')
-        self.rf_net = ConvTokenizer(c.rf_in_channels, c.rf_channels, c.rf_grid, c.dim) \
+        self.rf_net = ConvTokenizer(c.rf_in_channels, c.rf_channels, c.rf_grid, c.dim,
+                                    c.coord_channels) \
             if self.use_rf else None
-        self.vis_net = ConvTokenizer(c.image_channels, c.vis_channels, c.vis_grid, c.dim) \
+        self.vis_net = ConvTokenizer(c.image_channels, c.vis_channels, c.vis_grid, c.dim,
+                                     c.coord_channels) \
             if self.use_camera else None
         streams = int(self.use_rf) + int(self.use_camera)
         self.modality = nn.Parameter(torch.randn(streams, c.dim) * 0.02)
