@@ -118,3 +118,22 @@ def test_configs_round_trip_through_dicts():
     for conf in (TINY, RVFNConfig(), TRAMConfig(dim=64, num_heads=2,
                                                 head=HeadConfig(dim=64, num_heads=2))):
         assert type(conf).from_dict(conf.to_dict()) == conf
+
+
+def test_coord_channels_make_tokens_position_aware_and_default_off():
+    """A plain CNN + pool cannot tell where identical content sits; CoordConv inputs can."""
+    from disac_ros.core.models.rvfn import ConvTokenizer
+    torch.manual_seed(0)
+    x = torch.ones(1, 2, 64, 64)
+    for coord, differ in ((False, False), (True, True)):
+        tok = ConvTokenizer(2, (4, 8), (16, 16), 8, coord=coord).eval()
+        with torch.no_grad():
+            t = (tok(x) - tok.pos).view(16, 16, 8)
+        # two interior cells, away from the zero padding
+        assert bool(torch.allclose(t[5, 5], t[5, 9], atol=1e-5)) is not differ
+    assert RVFNConfig().coord_channels is False      # old checkpoints keep their conv shapes
+    rvfn = RVFN(RVFNConfig(coord_channels=True, dim=32, num_heads=2, feature_dim=16,
+                           vis_channels=(8, 8), rf_channels=(8, 8)))
+    assert rvfn.rf_net.cnn[0][0].in_channels == 2 + 2
+    out = rvfn(torch.rand(2, 3, 32, 32), torch.randn(2, 2, 16, 32))
+    assert out.feature.shape == (2, 16)

@@ -176,3 +176,44 @@ def test_tram_learns_a_toy_scene_with_the_set_loss():
         opt.step()
         first = loss.item() if first is None else first
     assert loss.item() < 0.5 * first
+
+
+def test_device_frame_mode_maps_device_predictions_to_the_world_with_the_pose():
+    torch.manual_seed(0)
+    model = TRAM(_cfg(detect_in_device_frame=True)).eval()
+    with torch.no_grad():                     # pose-blind content: only the geometry may move
+        model.pose_emb[-1].weight.zero_()
+        model.pose_emb[-1].bias.zero_()
+    feats, _, link = _batch(b=1, k=1)
+    present = torch.ones(1, 1, dtype=torch.bool)
+    at_origin = model(feats, present, torch.zeros(1, 1, 3), link).prediction
+    yaw, t = 0.7, torch.tensor([12.0, -5.0])
+    moved = model(feats, present, torch.tensor([[[12.0, -5.0, yaw]]]), link).prediction
+    rot = torch.tensor([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]],
+                       dtype=torch.float32)
+    assert torch.allclose(moved.position, at_origin.position @ rot.T + t, atol=1e-4)
+    assert torch.allclose(moved.velocity, at_origin.velocity @ rot.T, atol=1e-4)
+    assert torch.allclose(moved.logits, at_origin.logits, atol=1e-5)
+
+
+def test_device_frame_mode_masks_absent_devices_and_needs_tram():
+    from disac_ros.core.errors import ConfigError
+    torch.manual_seed(0)
+    model = TRAM(_cfg(detect_in_device_frame=True)).eval()
+    feats, pose, link = _batch()
+    present = torch.tensor([[True, False, True, False], [True, True, True, False]])
+    ref = model(feats, present, pose, link)
+    assert ref.prediction.logits.shape == (2, 4 * 6, 5)
+    feats2, pose2 = feats.clone(), pose.clone()
+    feats2[~present] = 1e3
+    pose2[~present] = -77.0
+    out = model(feats2, present, pose2, link)
+    assert torch.allclose(ref.prediction.logits, out.prediction.logits, atol=1e-5)
+    assert torch.allclose(ref.prediction.position, out.prediction.position, atol=1e-4)
+    q_present = present.repeat_interleave(6, dim=1)
+    assert not ref.prediction.detections(0.01)[0] or all(
+        abs(d['position'][0]) < 1e3 for d in ref.prediction.detections(0.01)[0])
+    probs = ref.prediction.logits.softmax(-1)
+    assert bool((probs[~q_present][:, 0] > 0.999).all())        # absent: certainly no object
+    with pytest.raises(ConfigError, match='detect_in_device_frame'):
+        _cfg(detect_in_device_frame=True, aggregator='mean_pool')

@@ -307,6 +307,10 @@ class TRAMConfig(_Config):
     dropout: float = 0.0
     aggregator: str = 'tram'             # 'tram' | 'mean_pool' (baseline)
     scene_scale_m: float = 50.0          # normalises device positions for the pose embedding
+    # True: the head decodes each device's (cross-device encoded) tokens in that DEVICE's frame
+    # and the known pose maps them to the world exactly (see tram.py); False: one world-frame
+    # head over all tokens (old checkpoints).
+    detect_in_device_frame: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -334,6 +338,8 @@ class TRAMConfig(_Config):
         _check(self.num_layers >= 0, 'num_layers', 'must be >= 0', p)
         _check(self.dim % self.num_heads == 0, 'num_heads', f'must divide dim={self.dim}', p)
         _check(0.0 <= self.dropout < 1.0, 'dropout', 'must be in [0, 1)', p)
+        _check(not (self.detect_in_device_frame and self.aggregator != 'tram'),
+               'detect_in_device_frame', "needs aggregator='tram'", p)
         _check(self.aggregator in ('tram', 'mean_pool'), 'aggregator',
                f"must be 'tram' or 'mean_pool', got {self.aggregator!r}", p)
         _check(self.scene_scale_m > 0, 'scene_scale_m', 'must be > 0', p)

@@ -24,6 +24,14 @@ Architecture (``aggregator='tram'``):
 4. the shared DETR-style head (``heads.py``) predicts class (0 = no object), position and
    velocity in the world frame for Q object queries.
 
+With ``detect_in_device_frame`` (step 4 replaced): the head decodes each device's tokens (after
+the cross-device encoder, so a device knows what the others report) with its own Q queries in
+that DEVICE's frame, as the device's stage-1 proxy head learnt to; the device pose then rotates
+and translates positions and velocities into the world frame exactly, instead of the network
+having to learn the rigid transform from a pose embedding. The output has K*Q queries; those of
+absent devices are forced to "no object" far away. The aggregation weight enters as a bias
+``log(K_present * w_k)`` on device k's object-class logits (0 for uniform weights).
+
 ``aggregator='mean_pool'`` is the baseline: the same per-device tokens and embeddings, no
 cross-device transformer, the memory is the mean over present devices, the same head.
 """
@@ -122,6 +130,8 @@ class TRAM(nn.Module):
             memory = (tokens * w[:, :, None, None]).sum(dim=1)                 # (B, T, D)
             context = memory.mean(dim=1)
             return TRAMOutput(self.head(memory, context=context), w)
+        if c.detect_in_device_frame:
+            return self._device_frame_forward(tokens, present, pose, link_e)
         flat = tokens.reshape(b, k * t, d)
         pad = absent.repeat_interleave(t, dim=1)                               # (B, K*T)
         if self.encoder is not None:
@@ -135,3 +145,46 @@ class TRAM(nn.Module):
         context = (w.unsqueeze(-1) * summary).sum(dim=1)                      # (B, D)
         pred = self.head(flat, memory_key_padding_mask=pad, memory_bias=log_w, context=context)
         return TRAMOutput(pred, w)
+
+    def _weights(self, summary: torch.Tensor, link_e: torch.Tensor,
+                 absent: torch.Tensor) -> torch.Tensor:
+        """(B, K) aggregation weights: softmax of the score MLP over present devices."""
+        assert self.score is not None
+        score = self.score(torch.cat((summary, link_e), dim=-1)).squeeze(-1)
+        w = score.masked_fill(absent, float('-inf')).softmax(dim=1)
+        return w.masked_fill(absent, 0.0)
+
+    def _device_frame_forward(self, tokens: torch.Tensor, present: torch.Tensor,
+                              pose: torch.Tensor, link_e: torch.Tensor) -> TRAMOutput:
+        """Per-device decoding in the device frame + exact pose transform (see module doc)."""
+        b, k, t, d = tokens.shape
+        absent = ~present
+        flat = tokens.reshape(b, k * t, d)
+        if self.encoder is not None:
+            flat = self.encoder(flat, src_key_padding_mask=absent.repeat_interleave(t, dim=1))
+        per_dev = flat.view(b, k, t, d)
+        summary = per_dev.mean(dim=2)                                         # (B, K, D)
+        w = self._weights(summary, link_e, absent)
+        pred = self.head(per_dev.reshape(b * k, t, d), context=summary.reshape(b * k, d))
+        q, ncls = pred.logits.shape[1:]
+        c, s = torch.cos(pose[..., 2]).reshape(b * k, 1), torch.sin(pose[..., 2]).reshape(b * k, 1)
+
+        def to_world(v: torch.Tensor) -> torch.Tensor:   # rotate device-frame (x, y) by yaw
+            return torch.stack((c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]), -1)
+
+        position = to_world(pred.position) + pose[..., :2].reshape(b * k, 1, 2)
+        velocity = to_world(pred.velocity)
+        n_present = present.float().sum(dim=1, keepdim=True)
+        bias = torch.log((w * n_present).clamp_min(1e-6)).reshape(b * k, 1, 1)
+        logits = torch.cat((pred.logits[..., :1], pred.logits[..., 1:] + bias), dim=-1)
+        gone = absent.reshape(b * k, 1, 1)
+        # Absent devices: "no object" with certainty and far away, so matching never picks them.
+        none = torch.full_like(logits, -1e4)
+        none[..., 0] = 1e4
+        logits = torch.where(gone, none, logits)
+        position = torch.where(gone, torch.full_like(position, 1e4), position)
+        velocity = torch.where(gone, torch.zeros_like(velocity), velocity)
+        out = SetPrediction(logits=logits.reshape(b, k * q, ncls),
+                            position=position.reshape(b, k * q, 2),
+                            velocity=velocity.reshape(b, k * q, 2))
+        return TRAMOutput(out, w)

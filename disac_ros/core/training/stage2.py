@@ -73,7 +73,10 @@ class FleetExports:
 
 def build_aggregator(recipe: Recipe, aggregator: str) -> TRAM:
     """A fresh TRAM (or mean-pool) sized by the recipe."""
-    return TRAM(replace(recipe.tram, aggregator=aggregator))
+    # The mean-pool baseline keeps its one world-frame head (device-frame decoding is TRAM's).
+    return TRAM(replace(recipe.tram, aggregator=aggregator,
+                        detect_in_device_frame=(recipe.tram.detect_in_device_frame
+                                                and aggregator == 'tram')))
 
 
 def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
