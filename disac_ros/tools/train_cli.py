@@ -7,14 +7,16 @@ Examples::
     disac-train decoder --kind mlp --out models/quick --quick
     disac-train decoder --kind llm --out models/quick --quick --llm tiny
     disac-train stage2 --data data/splits/train --val data/splits/val --out models/quick --quick
-    disac-train all --data data/splits/train --val data/splits/val --out models/default
+    disac-train all --data data/splits/train --val data/splits/val --out models/run1
+    disac-train export --from models/run1 --to models/default --metrics results/metrics.md
 
 ``stage1`` trains one device on its own data and exports what it transmits; ``decoder`` trains a
 receiver decoder on all devices' exports over the simulated channel; ``stage2`` trains the
 aggregator on decoded features only; ``all`` runs everything in order (every device, the
 decoders, TRAM and the baselines' models) and prints a time summary. Every command resumes with
-``--resume``. The recipe is stored in ``OUT/recipe.json`` by the first command; later commands
-reuse it unless ``--recipe`` / ``--quick`` is given.
+``--resume``. ``export --from OUT --to models/default`` copies only what the running system
+loads and writes a MODEL_CARD.md. The recipe is stored in ``OUT/recipe.json`` by the first
+command; later commands reuse it unless ``--recipe`` / ``--quick`` is given.
 
 Exit status: 0 on success, 1 when training fails (e.g. a corrupt checkpoint), 2 on bad arguments.
 """
@@ -77,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
     a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
+    ex = sub.add_parser('export', help='copy only what the running system loads (stage-1 '
+                                       'detector+encoder, shipped decoder, TRAM) + MODEL_CARD.md')
+    ex.add_argument('--from', dest='src', required=True, help='trained model folder')
+    ex.add_argument('--to', dest='dst', required=True, help='destination, e.g. models/default '
+                                                            '(replaced)')
+    ex.add_argument('--metrics', help="a disac-eval metrics.md to quote in the model card")
+    ex.add_argument('--notes', help='a text file of known weaknesses for the model card')
+    ex.add_argument('--command', dest='train_command',
+                    help='the training command line to record in the model card')
     return p
 
 
@@ -224,6 +235,23 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     return {'times': times, 'total_s': total}
 
 
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Export the shipped subset of a model folder (see training.export)."""
+    from disac_ros.core.training.export import export_model, metrics_sections
+    texts: dict[str, str | None] = {}
+    for name in ('metrics', 'notes'):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f'--{name}: {path}: no such file')
+        texts[name] = Path(path).read_text() if path else None
+    metrics = metrics_sections(texts['metrics']) if texts['metrics'] else None
+    s = export_model(args.src, args.dst, command=args.train_command, metrics_md=metrics,
+                     notes=texts['notes'])
+    print(f'exported {args.src} -> {s["path"]}: {s["bytes"] / 1e6:.2f} MB, devices '
+          f'{", ".join(s["devices"])}, decoder {s["shipped_decoder"]}')
+    return s
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``disac-train``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -235,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if path is not None and not (Path(path) / 'manifest.json').is_file():
                     raise UsageError(f'--{name}: {path} is not a dataset folder '
                                      f'(no manifest.json)')
+        if args.command == 'export':    # reads a finished folder: no recipe to resolve
+            cmd_export(args)
+            return 0
         recipe = resolve_recipe(args)
         {'stage1': cmd_stage1, 'decoder': cmd_decoder, 'stage2': cmd_stage2,
          'all': cmd_all}[args.command](args, recipe)
