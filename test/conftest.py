@@ -20,6 +20,26 @@ DEFAULT_SCENARIO = SCENARIO_DIR / 'default.yaml'
 SMALL_SCENARIO = SCENARIO_DIR / 'intersection_small.yaml'
 
 
+def make_tiny_splits(tmp_path_factory: pytest.TempPathFactory, frames_per_seed: int,
+                     shard_size: int) -> Path:
+    """Train/val/test splits of the default scenario with 32x32 black images (no Genesis needed).
+
+    RF and labels are real; the small images keep the CNNs cheap while the data path stays the same.
+    """
+    from disac_ros.tools import dataset_cli
+    out = tmp_path_factory.mktemp('splits')
+    scen = yaml.safe_load(DEFAULT_SCENARIO.read_text(encoding='utf-8'))
+    scen['camera'].update(width=32, height=32)
+    scenario = tmp_path_factory.mktemp('scenario') / 'scenario.yaml'
+    scenario.write_text(yaml.safe_dump(scen))
+    assert dataset_cli.main(['splits', '--scenario', str(scenario), '--out', str(out),
+                             '--frames-per-seed', str(frames_per_seed), '--train-seeds', '0',
+                             '--val-seeds', '100', '--test-seeds', '200',
+                             '--shard-size', str(shard_size), '--renderer', 'none',
+                             '--no-progress']) == 0
+    return out
+
+
 @pytest.fixture(scope='session')
 def default_scenario_dict() -> dict[str, Any]:
     """The default scenario YAML as a plain mapping (tests must copy before mutating)."""

@@ -8,10 +8,9 @@ import pytest
 import yaml
 
 from disac_ros.core.training.recipes import quick_recipe
-from disac_ros.tools import dataset_cli, eval_cli, train_cli
+from conftest import make_tiny_splits
+from disac_ros.tools import eval_cli, train_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = str(ROOT / 'config' / 'scenarios' / 'default.yaml')
 ROW_KEYS = {'method', 'K', 'snr_db', 'fading', 'accuracy', 'position_rmse_m', 'velocity_rmse_m',
             'nmse_db', 'bytes_per_device_frame'}
 METHODS = {'disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'rf_only',
@@ -20,18 +19,8 @@ METHODS = {'disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'rf_o
 
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp('splits')
-    # 32x32 images keep the CNNs cheap; the data path is the same as at full size.
-    scen = yaml.safe_load(Path(SCENARIO).read_text(encoding='utf-8'))
-    scen['camera'].update(width=32, height=32)
-    scenario = tmp_path_factory.mktemp('scenario') / 'scenario.yaml'
-    scenario.write_text(yaml.safe_dump(scen))
-    assert dataset_cli.main(['splits', '--scenario', str(scenario), '--out', str(out),
-                             '--frames-per-seed', '8', '--train-seeds', '0',
-                             '--val-seeds',
-                             '100', '--test-seeds', '200', '--shard-size', '4',
-                             '--renderer', 'none', '--no-progress']) == 0
-    return out
+    """A tiny train/val/test split (RF and labels real, black 32x32 images: no Genesis needed)."""
+    return make_tiny_splits(tmp_path_factory, frames_per_seed=8, shard_size=4)
 
 
 @pytest.fixture(autouse=True)

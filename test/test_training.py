@@ -18,27 +18,14 @@ from disac_ros.core.training.decoder import train_decoder
 from disac_ros.core.training.recipes import load_recipe, quick_recipe, Recipe
 from disac_ros.core.training.stage1 import stage1_dir, train_stage1
 from disac_ros.core.training.stage2 import train_stage2
-from disac_ros.tools import dataset_cli
+from conftest import make_tiny_splits
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = str(ROOT / 'config' / 'scenarios' / 'default.yaml')
 
 
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny train/val split (RF and labels real, black images: no Genesis needed)."""
-    out = tmp_path_factory.mktemp('splits')
-    # 32x32 images keep the CNNs cheap; the data path is the same as at full size.
-    scen = yaml.safe_load(Path(SCENARIO).read_text(encoding='utf-8'))
-    scen['camera'].update(width=32, height=32)
-    scenario = tmp_path_factory.mktemp('scenario') / 'scenario.yaml'
-    scenario.write_text(yaml.safe_dump(scen))
-    assert dataset_cli.main(['splits', '--scenario', str(scenario), '--out', str(out),
-                             '--frames-per-seed', '12', '--train-seeds', '0',
-                             '--val-seeds',
-                             '100', '--test-seeds', '200', '--shard-size', '6',
-                             '--renderer', 'none', '--no-progress']) == 0
-    return out
+    """A tiny train/val/test split (RF and labels real, black 32x32 images: no Genesis needed)."""
+    return make_tiny_splits(tmp_path_factory, frames_per_seed=12, shard_size=6)
 
 
 @pytest.fixture(autouse=True)
