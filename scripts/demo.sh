@@ -2,7 +2,7 @@
 # The demo: the whole fleet on the built-in simulator with the shipped model.
 #
 #   bash scripts/demo.sh [--duration S] [--num-devices K] [--model DIR] [--renderer genesis|none]
-#                        [--no-setup]
+#                        [-p NODE.NAME=VALUE ...] [--no-setup]
 #
 # 1. runs scripts/setup.sh (skipped with --no-setup; it is fast when nothing changed);
 # 2. starts the fleet (world + K device nodes + link + aggregator) with the fallback runner and
@@ -22,12 +22,14 @@ NUM_DEVICES=4
 MODEL=${DISAC_MODEL_DIR:-$ROOT/models/default}
 RENDERER=genesis
 SETUP=1
+PARAMS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --num-devices) NUM_DEVICES=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --renderer) RENDERER=$2; shift 2 ;;
+    -p|--param) PARAMS+=(-p "$2"); shift 2 ;;   # forwarded to disac_fleet, e.g. aggregator.nms_radius_m=2
     --no-setup) SETUP=0; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -61,7 +63,7 @@ for d in "${DEVICES[@]}"; do TOPICS="$TOPICS,/$d/camera/image_raw"; done
 
 log "model $MODEL, $NUM_DEVICES devices, renderer $RENDERER, ROS_DOMAIN_ID=$ROS_DOMAIN_ID; logs in $OUT"
 python -m disac_ros.tools.fleet --config config/fleet.yaml --num-devices "$NUM_DEVICES" \
-  -p "model_dir=$MODEL" -p "world.renderer=$RENDERER" > "$OUT/fleet.log" 2>&1 &
+  -p "model_dir=$MODEL" -p "world.renderer=$RENDERER" "${PARAMS[@]}" > "$OUT/fleet.log" 2>&1 &
 FLEET=$!
 python -m disac_ros.nodes.bag_recorder --ros-args -p "output:=$OUT/bag" \
   -p "topics:=[$(echo "$TOPICS" | sed "s/\([^,]*\)/'\1'/g")]" > "$OUT/recorder.log" 2>&1 &
