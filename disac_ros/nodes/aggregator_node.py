@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import math
+from pathlib import Path
 import sys
 import time
 
@@ -44,6 +45,7 @@ from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.feature_msgs import device_topic
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.markers import CLASS_SIZES, tracks_to_markers
+from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
@@ -129,7 +131,6 @@ class AggregatorNode(Node):
         self.tracker = MultiObjectTracker(self._tracker_config())
         self.sync = FeatureSynchronizer(self.device_ids, cfg['window_s'], cfg['max_wait_s'], cfg['active_timeout_s'])
         self.pipeline = None
-        self.model_error = ''
         self.diag = Diagnostics(self, 'aggregator', warn_if=self._warning)
         for key in ('groups', 'tracks_published', 'unknown_device', 'bad_payload', 'bad_codec', 'auth_failed',
                     'late', 'duplicate', 'decode_errors'):
@@ -142,9 +143,9 @@ class AggregatorNode(Node):
         self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
         self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
         self._throttle = LogThrottle(self)      # bad streams must not flood the log
-        self._load_model()
-        if self.pipeline is None:
-            self._retry = self.create_timer(5.0, self._load_model)
+        # A missing or corrupt model must not kill the aggregator: keep reporting and retry.
+        self.model = RetryingModelLoader(self, self.diag, 'aggregator model', cfg['model_dir'],
+                                         build=self._build_pipeline, on_loaded=self._on_model_loaded)
         self.create_timer(cfg['process_period_s'], self._process)
         self.get_logger().info(
             f'aggregating {self.device_ids} from /<dev>/{cfg["input_topic"]} -> {self.tracks_pub.topic_name} '
@@ -169,38 +170,24 @@ class AggregatorNode(Node):
             data['max_age_s'] = self.cfg['tracker_max_age_s']
         return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
 
-    def _load_model(self) -> None:
-        from disac_ros.core.inference import AggregatorPipeline, find_model_dir
-        if self.pipeline is not None:
-            return
-        t0 = time.monotonic()
-        model_dir = find_model_dir(self.cfg['model_dir'])
-        try:
-            pipeline = AggregatorPipeline(model_dir, threads=self.cfg['threads'], decoder=self.cfg['decoder'],
-                                          score_threshold=self.cfg['score_threshold'],
-                                          nms_radius_m=self.cfg['nms_radius_m'], llm_source=self.cfg['llm_source'])
-            for dev in self.device_ids:
-                pipeline.slot(dev)
-        except DisacError as exc:
-            if str(exc) != self.model_error:
-                self.get_logger().error(f'cannot load the aggregator model (retrying every 5 s): {exc}')
-            self.model_error = str(exc)
-            self.diag.set('model_error', self.model_error)
-            self.diag.count('model_load_failures')
-            return
+    def _build_pipeline(self, model_dir: Path) -> AggregatorPipeline:
+        from disac_ros.core.inference import AggregatorPipeline    # torch: imported when first needed
+        pipeline = AggregatorPipeline(model_dir, threads=self.cfg['threads'], decoder=self.cfg['decoder'],
+                                      score_threshold=self.cfg['score_threshold'],
+                                      nms_radius_m=self.cfg['nms_radius_m'], llm_source=self.cfg['llm_source'])
+        for dev in self.device_ids:
+            pipeline.slot(dev)
+        return pipeline
+
+    def _on_model_loaded(self, pipeline: AggregatorPipeline, model_dir: Path, load_s: float) -> None:
         self.pipeline = pipeline
-        self.model_error = ''
-        self.diag.set('model_error', '')
         self.diag.set('decoder', pipeline.decoder_kind)
-        retry = getattr(self, '_retry', None)
-        if retry is not None:
-            retry.cancel()
         self.get_logger().info(f'loaded {pipeline.decoder_kind} decoder + TRAM from {model_dir} '
-                               f'in {time.monotonic() - t0:.2f} s')
+                               f'in {load_s:.2f} s')
 
     def _warning(self, values: dict) -> str | None:
-        if self.model_error:
-            return f'no model: {self.model_error}'
+        if self.model.error:
+            return f'no model: {self.model.error}'
         now = self._now()
         stale = [d for d, s in self.sync.staleness(now).items()
                  if not (s['since_heard_s'] <= self.cfg['active_timeout_s'])]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 import math
+from pathlib import Path
 import sys
 import time
 
@@ -35,6 +36,7 @@ from disac_ros.core.packet import CODEC_VERSION, quantize
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
+from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
@@ -82,7 +84,6 @@ class DeviceNode(Node):
             self.static_pose = fm.static_pose(vals)
         self.keyring = fm.load_keyring(cfg['key_file'], cfg['shared_secret'])
         self.pipeline = None
-        self.model_error = ''
         qos_in = qos_by_name(cfg['sensor_qos'])
         self._images: deque[tuple[float, Image]] = deque(maxlen=10)
         self._rf: deque[tuple[float, RfFrame]] = deque(maxlen=10)
@@ -101,42 +102,28 @@ class DeviceNode(Node):
         self.pub = self.create_publisher(SemanticFeature, cfg['feature_topic'], out_qos)
         self.seq = 0
         self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
-                                warn_if=lambda v: f'no model: {self.model_error}' if self.model_error else None)
+                                warn_if=lambda v: f'no model: {self.model.error}' if self.model.error else None)
         for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose'):
             self.diag.set(key, 0.0)
         self._warn = LogThrottle(self).warning   # bad streams must not flood the log
         self.create_timer(cfg['process_period_s'], self._process)
-        self._load_model()
-        if self.pipeline is None:
-            # A missing or corrupt model must not kill the device: keep reporting and retry.
-            self._retry = self.create_timer(5.0, self._load_model)
+        # A missing or corrupt model must not kill the device: keep reporting and retry.
+        self.model = RetryingModelLoader(
+            self, self.diag, 'device model', cfg['model_dir'],
+            build=self._build_pipeline, on_loaded=self._on_model_loaded)
         self.get_logger().info(f'{self.device_id}: {self.get_namespace()}/{cfg["camera_topic"]} + '
                                f'{cfg["rf_topic"]} -> {self.pub.topic_name} '
                                f'({"signed" if self.keyring else "unsigned"}, {cfg["bits"]} bits, '
                                f'slop {cfg["slop_s"]} s)')
 
-    def _load_model(self) -> None:
-        from disac_ros.core.inference import DevicePipeline, find_model_dir
-        if self.pipeline is not None:
-            return
-        t0 = time.monotonic()
-        model_dir = find_model_dir(self.cfg['model_dir'])
-        try:
-            self.pipeline = DevicePipeline(model_dir, self.device_id, threads=self.cfg['threads'],
-                                           model_device_id=self.cfg['model_device_id'])
-        except DisacError as exc:
-            if str(exc) != self.model_error:
-                self.get_logger().error(f'cannot load the device model (retrying every 5 s): {exc}')
-            self.model_error = str(exc)
-            self.diag.set('model_error', self.model_error)
-            self.diag.count('model_load_failures')
-            return
-        self.model_error = ''
-        self.diag.set('model_error', '')
-        retry = getattr(self, '_retry', None)
-        if retry is not None:
-            retry.cancel()
-        self.get_logger().info(f'loaded device models from {model_dir} in {time.monotonic() - t0:.2f} s')
+    def _build_pipeline(self, model_dir: Path) -> DevicePipeline:
+        from disac_ros.core.inference import DevicePipeline    # torch: imported when first needed
+        return DevicePipeline(model_dir, self.device_id, threads=self.cfg['threads'],
+                              model_device_id=self.cfg['model_device_id'])
+
+    def _on_model_loaded(self, pipeline: DevicePipeline, model_dir: Path, load_s: float) -> None:
+        self.pipeline = pipeline
+        self.get_logger().info(f'loaded device models from {model_dir} in {load_s:.2f} s')
 
 
     def _on_image(self, msg: Image) -> None:
