@@ -143,7 +143,8 @@ class BagPlayer(Node):
                 if now >= due:
                     break
                 if self._clock_pub is not None and clock_period is not None:
-                    self._publish_clock(t0_bag + int((now - t0_wall) * rate * 1e9))
+                    # Never run the clock past the message about to be published.
+                    self._publish_clock(min(t0_bag + int((now - t0_wall) * rate * 1e9), msg.timestamp_ns))
                     self._stop.wait(min(clock_period, due - now))
                 else:
                     self._stop.wait(due - now)
