@@ -78,12 +78,12 @@ def _builders() -> dict[str, Callable[[Mapping[str, Any], Any], nn.Module]]:
         return TRAM(cfgs.TRAMConfig.from_dict(d))
 
     def head(d: Mapping[str, Any], _llm: Any) -> nn.Module:
-        from disac_ros.core.models.heads import SetPredictionHead
-        return SetPredictionHead(cfgs.HeadConfig.from_dict(d))
+        from disac_ros.core.models.heads import build_head
+        return build_head(cfgs.HeadConfig.from_dict(d))
 
     return {'RVFN': rvfn, 'LocalDetector': lambda d, _l: _local_detector(d),
             'SemanticEncoder': encoder, 'MLPDecoder': mlp, 'LLMDecoder': llm_dec, 'TRAM': tram,
-            'SetPredictionHead': head}
+            'SetPredictionHead': head, 'GridHead': head}
 
 
 def model_config_dict(module: nn.Module) -> dict[str, Any]:

@@ -132,10 +132,32 @@ class RVFNConfig(_Config):
     # tokens can then say *where* in their cell a peak is (range/angle bin, pixel), which the
     # translation-equivariant CNN + average pool otherwise throws away. False = old checkpoints.
     coord_channels: bool = False
+    # 'pooled': feature = Linear(mean of RF tokens, mean of visual tokens) (old checkpoints).
+    # 'polar': the RF tokens are the cells of a polar grid (polar_grid.py) with the camera's
+    # column features lifted onto their azimuth; feature = cell_dim values per cell, flattened
+    # (feature_dim must equal num_angle_cells * num_range_cells * cell_dim).
+    layout: str = 'pooled'
+    polar_grid: tuple[int, int] = (8, 16)                # (angle cells in sin(az), range cells)
+    max_range_m: float = 64.0                            # range covered by the polar grid
+    cell_dim: int = 8                                    # feature values per polar cell
+    camera_hfov_deg: float = 60.0                        # camera field of view for the lift
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
         p = prefix
+        _check(self.layout in ('pooled', 'polar'), 'layout',
+               f"must be 'pooled' or 'polar', got {self.layout!r}", p)
+        if self.layout == 'polar':
+            _check(len(self.polar_grid) == 2 and all(g >= 1 for g in self.polar_grid),
+                   'polar_grid', 'must be two positive integers [angle cells, range cells]', p)
+            _check(self.cell_dim >= 1, 'cell_dim', 'must be >= 1', p)
+            cells = self.polar_grid[0] * self.polar_grid[1]
+            _check(self.feature_dim == cells * self.cell_dim, 'feature_dim',
+                   f'must equal polar cells x cell_dim = {cells * self.cell_dim}', p)
+            _check(math.isfinite(self.max_range_m) and self.max_range_m > 0, 'max_range_m',
+                   'must be > 0', p)
+            _check(0.0 < self.camera_hfov_deg < 180.0, 'camera_hfov_deg',
+                   'must be in (0, 180)', p)
         for name in ('image_channels', 'rf_in_channels', 'dim', 'num_heads', 'feature_dim',
                      'ffn_mult'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
@@ -168,10 +190,22 @@ class HeadConfig(_Config):
     num_classes: int = NUM_CLASSES_WITH_NO_OBJECT   # index 0 = no object
     position_scale_m: float = 50.0   # outputs are tanh-bounded to +-2x this (metres)
     velocity_scale_mps: float = 15.0
+    # 'set': DETR queries + Hungarian loss. 'grid': one prediction per polar-grid cell of the
+    # device frame (polar_grid.py; centre-in-cell assignment, GridCriterion); num_queries,
+    # num_layers and position_scale_m are then unused.
+    kind: str = 'set'
+    polar_grid: tuple[int, int] = (8, 16)
+    max_range_m: float = 64.0
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
         p = prefix
+        _check(self.kind in ('set', 'grid'), 'kind', f"must be 'set' or 'grid', got {self.kind!r}",
+               p)
+        _check(len(self.polar_grid) == 2 and all(g >= 1 for g in self.polar_grid), 'polar_grid',
+               'must be two positive integers [angle cells, range cells]', p)
+        _check(math.isfinite(self.max_range_m) and self.max_range_m > 0, 'max_range_m',
+               'must be > 0', p)
         for name in ('dim', 'num_queries', 'num_layers', 'num_heads', 'ffn_mult'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
         _check(self.dim % self.num_heads == 0, 'num_heads', f'must divide dim={self.dim}', p)
@@ -233,7 +267,8 @@ class ChannelConfig(_Config):
 #   'agc'  : blind per-packet automatic gain control y / rms(y); log10(rms) is passed on as an
 #            input so no information is lost. No pilots, no knowledge of h.
 #   'none' : the raw received samples.
-INPUT_SCALINGS = ('agc', 'none')
+#   'agc_phase': AGC, then rotate the packet so its own mean symbol is real (blind, no pilot).
+INPUT_SCALINGS = ('agc', 'agc_phase', 'none')
 
 
 @dataclass(frozen=True)
@@ -247,6 +282,10 @@ class MLPDecoderConfig(_Config):
     num_layers: int = 3
     use_side_info: bool = True
     input_scaling: str = 'agc'
+    # Add a linear map of the scaled samples to the output: with a near-identity code (a
+    # linear encoder, as many reals as feature values) the MLP then only learns the correction
+    # for fading and noise instead of re-learning the identity. False = old checkpoints.
+    linear_skip: bool = False
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -344,6 +383,12 @@ class TRAMConfig(_Config):
                f"must be 'tram' or 'mean_pool', got {self.aggregator!r}", p)
         _check(self.scene_scale_m > 0, 'scene_scale_m', 'must be > 0', p)
         _check(self.head.dim == self.dim, 'head.dim', f'must equal dim={self.dim}', p)
+        if self.head.kind == 'grid':
+            cells = self.head.polar_grid[0] * self.head.polar_grid[1]
+            _check(self.feature_dim % cells == 0, 'feature_dim',
+                   f'must be a multiple of the {cells} polar cells (head.kind=grid)', p)
+            _check(self.aggregator == 'mean_pool' or self.detect_in_device_frame,
+                   'detect_in_device_frame', 'must be true with head.kind=grid', p)
         self.head.validate(f'{p}head.')
 
 
@@ -358,10 +403,21 @@ class LossConfig(_Config):
     velocity_weight: float = 1.0
     cost_class: float = 1.0          # matching cost weights
     cost_position: float = 5.0
+    # CE weight of each object class (car, truck, pedestrian, cyclist); empty = all 1. Rare
+    # classes (trucks are 10 % of objects) are otherwise swallowed by the common ones.
+    object_class_weights: tuple[float, ...] = ()
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
         for f in fields(self):
             val = getattr(self, f.name)
-            _check(math.isfinite(val) and val >= 0, f.name, 'must be a finite number >= 0',
-                   prefix)
+            vals = val if isinstance(val, tuple) else (val,)
+            _check(all(math.isfinite(v) and v >= 0 for v in vals), f.name,
+                   'must be finite numbers >= 0', prefix)
+
+    def class_weight_vector(self, num_classes: int) -> 'list[float]':
+        """CE weights [no_object_weight, w_1 .. w_{C-1}] (missing object weights are 1)."""
+        w = [self.no_object_weight] + [1.0] * (num_classes - 1)
+        for i, v in enumerate(self.object_class_weights[:num_classes - 1]):
+            w[1 + i] = float(v)
+        return w

@@ -85,3 +85,44 @@ class SetPredictionHead(nn.Module):
         return SetPrediction(logits=self.class_head(h),
                              position=box[..., :2] * c.position_scale_m,
                              velocity=box[..., 2:] * c.velocity_scale_mps)
+
+
+class GridHead(nn.Module):
+    """Per-cell detector on polar-grid tokens (B, ..., G, D) in a device frame -> SetPrediction.
+
+    Each cell predicts class logits (0 = no object centre in this cell), the object's position
+    as the cell centre plus a tanh-bounded offset (up to 2 cell extents, so borders are soft)
+    and its velocity; queries are the cells, in grid order. See ``polar_grid.py``.
+    """
+
+    def __init__(self, config: HeadConfig | None = None) -> None:
+        super().__init__()
+        from disac_ros.core.models.polar_grid import PolarGrid
+        self.config = config or HeadConfig(kind='grid')
+        c = self.config
+        self.grid = PolarGrid(c.polar_grid[0], c.polar_grid[1], c.max_range_m)
+        self.register_buffer('centres', self.grid.centres_tensor(), persistent=False)
+        self.net = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.dim), nn.GELU(),
+                                 nn.Linear(c.dim, c.num_classes + 4))
+
+    def forward(self, tokens: torch.Tensor) -> SetPrediction:
+        """(B, G, D) or (B, K, G, D) cell tokens -> predictions with G (or K*G) queries."""
+        c = self.config
+        g = self.grid.num_cells
+        if tokens.shape[-2] != g or tokens.shape[-1] != c.dim:
+            raise ValueError(f'GridHead: expected (..., {g}, {c.dim}) cell tokens, '
+                             f'got {tuple(tokens.shape)}')
+        out = self.net(tokens)
+        logits = out[..., :c.num_classes]
+        box = torch.tanh(out[..., c.num_classes:]) * 2.0
+        position = self.centres.to(box.dtype) + box[..., :2] * self.grid.offset_scale_m
+        velocity = box[..., 2:] * c.velocity_scale_mps
+        lead = tokens.shape[0]
+        return SetPrediction(logits=logits.reshape(lead, -1, c.num_classes),
+                             position=position.reshape(lead, -1, 2),
+                             velocity=velocity.reshape(lead, -1, 2))
+
+
+def build_head(config: HeadConfig) -> nn.Module:
+    """The head a config asks for: SetPredictionHead ('set') or GridHead ('grid')."""
+    return GridHead(config) if config.kind == 'grid' else SetPredictionHead(config)

@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from disac_ros.core.models.config import HeadConfig, LossConfig
 from disac_ros.core.models.heads import SetPrediction
+from disac_ros.core.models.polar_grid import PolarGrid
 
 
 @dataclass
@@ -88,12 +89,17 @@ class SetCriterion(nn.Module):
         super().__init__()
         self.loss_cfg = loss_cfg or LossConfig()
         self.head_cfg = head_cfg or HeadConfig()
-        weight = torch.ones(self.head_cfg.num_classes)
-        weight[0] = self.loss_cfg.no_object_weight
+        weight = torch.tensor(self.loss_cfg.class_weight_vector(self.head_cfg.num_classes))
         self.register_buffer('class_weight', weight, persistent=False)
 
-    def forward(self, pred: SetPrediction, targets: SetTargets) -> dict[str, torch.Tensor]:
-        """Return {'loss', 'loss_class', 'loss_position', 'loss_velocity', 'num_objects'}."""
+    def forward(self, pred: SetPrediction, targets: SetTargets, pose: torch.Tensor | None = None,
+                present: torch.Tensor | None = None,
+                sensed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return {'loss', 'loss_class', 'loss_position', 'loss_velocity', 'num_objects'}.
+
+        ``pose``, ``present`` and ``sensed`` are accepted for a common signature with GridCriterion and
+        ignored: set predictions are already in the targets' frame.
+        """
         lc, hc = self.loss_cfg, self.head_cfg
         if targets.classes.numel() and int(targets.classes.max()) >= hc.num_classes:
             raise ValueError(f'targets.classes: ids must be < num_classes={hc.num_classes}')
@@ -122,3 +128,119 @@ class SetCriterion(nn.Module):
         return {'loss': total, 'loss_class': loss_class, 'loss_position': loss_pos,
                 'loss_velocity': loss_vel,
                 'num_objects': torch.tensor(float(len(q_idx)), device=device)}
+
+
+def grid_assignment(grid: PolarGrid, targets: SetTargets, pose: torch.Tensor | None = None,
+                    present: torch.Tensor | None = None,
+                    sensed: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    """
+    Which cell predicts which object: (batch idx, query idx, target idx) arrays.
+
+    Without ``pose`` the targets are in the device frame and query = cell. With ``pose``
+    (B, K, 3) world poses of K devices (and ``present`` (B, K)), the targets are world-frame and
+    every present device whose grid contains an object is asked to report it (query = k*G + g);
+    the output keeps duplicates apart by NMS. With ``sensed`` (B, N, K) bool, device k is only
+    asked for the objects its own sensors perceive (it need not guess what only others see).
+    Two objects in one cell: the one nearer the cell centre wins (the other is unassigned in that
+    device).
+    """
+    sensed_np = None if sensed is None else sensed.cpu().numpy().astype(bool)
+    cls = targets.classes.cpu().numpy()
+    pos = targets.position.detach().cpu().numpy().astype(np.float64)
+    g_count = grid.num_cells
+    out_b: list[int] = []
+    out_q: list[int] = []
+    out_t: list[int] = []
+    frames = [(None, 0)] if pose is None else None
+    for b in range(cls.shape[0]):
+        valid = np.nonzero(cls[b] > 0)[0]
+        if valid.size == 0:
+            continue
+        views = frames if pose is None else [
+            (pose[b, k].detach().cpu().numpy().astype(np.float64), k)
+            for k in range(pose.shape[1]) if present is None or bool(present[b, k])]
+        for p, k in views:
+            mine = valid if sensed_np is None or p is None else valid[sensed_np[b, valid, k]]
+            if mine.size == 0:
+                continue
+            xy = pos[b, mine]
+            if p is not None:
+                c, s = np.cos(p[2]), np.sin(p[2])
+                d = xy - p[:2]
+                xy = np.stack((c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]), -1)
+            cell = grid.cell_of(xy)
+            dist = np.linalg.norm(xy - grid.centres[np.maximum(cell, 0)], axis=-1)
+            taken: dict[int, tuple[float, int]] = {}
+            for j in np.nonzero(cell >= 0)[0]:
+                cur = taken.get(int(cell[j]))
+                if cur is None or dist[j] < cur[0]:
+                    taken[int(cell[j])] = (float(dist[j]), int(mine[j]))
+            for g, (_, t) in taken.items():
+                out_b.append(b)
+                out_q.append(k * g_count + g)
+                out_t.append(t)
+    return (np.asarray(out_b, dtype=np.int64), np.asarray(out_q, dtype=np.int64),
+            np.asarray(out_t, dtype=np.int64))
+
+
+class GridCriterion(nn.Module):
+    """Per-cell loss of a GridHead (``HeadConfig.kind='grid'``): see :func:`grid_assignment`.
+
+    loss = class_weight * CE(every cell; unassigned -> "no object", weighted no_object_weight)
+         + position_weight * mean |pos - pos*|_1 / cell offset scale   (assigned cells)
+         + velocity_weight * mean |vel - vel*|_1 / velocity_scale      (assigned cells)
+    """
+
+    def __init__(self, loss_cfg: LossConfig | None = None,
+                 head_cfg: HeadConfig | None = None) -> None:
+        super().__init__()
+        from disac_ros.core.models.polar_grid import PolarGrid
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.head_cfg = head_cfg or HeadConfig(kind='grid')
+        hc = self.head_cfg
+        self.grid = PolarGrid(hc.polar_grid[0], hc.polar_grid[1], hc.max_range_m)
+        weight = torch.tensor(self.loss_cfg.class_weight_vector(hc.num_classes))
+        self.register_buffer('class_weight', weight, persistent=False)
+
+    def forward(self, pred: SetPrediction, targets: SetTargets, pose: torch.Tensor | None = None,
+                present: torch.Tensor | None = None,
+                sensed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Same keys as SetCriterion; ``pose``/``present``/``sensed`` for world-frame
+        multi-device output (see :func:`grid_assignment`)."""
+        lc, hc = self.loss_cfg, self.head_cfg
+        if targets.classes.numel() and int(targets.classes.max()) >= hc.num_classes:
+            raise ValueError(f'targets.classes: ids must be < num_classes={hc.num_classes}')
+        device = pred.logits.device
+        bi, qi, ti = (torch.as_tensor(a, device=device)
+                      for a in grid_assignment(self.grid, targets, pose, present, sensed))
+        batch, queries = pred.logits.shape[:2]
+        tgt_cls = torch.zeros(batch, queries, dtype=torch.long, device=device)
+        tgt_cls[bi, qi] = targets.classes.to(device)[bi, ti]
+        logits = pred.logits.float().reshape(-1, hc.num_classes)
+        per = F.cross_entropy(logits, tgt_cls.reshape(-1), weight=self.class_weight.to(device),
+                              reduction='none')
+        if present is not None:   # absent devices' cells carry no loss
+            keep = present.to(device).repeat_interleave(self.grid.num_cells, dim=1).reshape(-1)
+            per = per[keep]
+            w = self.class_weight.to(device)[tgt_cls.reshape(-1)[keep]]
+        else:
+            w = self.class_weight.to(device)[tgt_cls.reshape(-1)]
+        loss_class = per.sum() / w.sum().clamp_min(1e-6)
+        n_obj = max(int(qi.numel()), 1)
+        pos_err = pred.position[bi, qi].float() - targets.position.to(device)[bi, ti].float()
+        vel_err = pred.velocity[bi, qi].float() - targets.velocity.to(device)[bi, ti].float()
+        loss_pos = pos_err.abs().sum() / self.grid.offset_scale_m / n_obj
+        loss_vel = vel_err.abs().sum() / hc.velocity_scale_mps / n_obj
+        total = (lc.class_weight * loss_class + lc.position_weight * loss_pos
+                 + lc.velocity_weight * loss_vel)
+        return {'loss': total, 'loss_class': loss_class, 'loss_position': loss_pos,
+                'loss_velocity': loss_vel,
+                'num_objects': torch.tensor(float(qi.numel()), device=device)}
+
+
+def build_criterion(loss_cfg: LossConfig, head_cfg: HeadConfig) -> nn.Module:
+    """GridCriterion for grid heads, SetCriterion (Hungarian) for set heads."""
+    if head_cfg.kind == 'grid':
+        return GridCriterion(loss_cfg, head_cfg)
+    return SetCriterion(loss_cfg, head_cfg)

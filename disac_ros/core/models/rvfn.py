@@ -12,11 +12,22 @@
 * Fused semantic feature (B, feature_dim) =
   Linear(LayerNorm([mean of RF tokens, mean of visual tokens])).
 
+Layout ``'polar'`` (the shipped one, ``polar_grid.py``): the RF tokens are the cells of a polar
+grid (angle cells in sin(azimuth) x range cells) that the range-angle map pools onto exactly; the
+range-Doppler map enters as each range bin's Doppler profile (16 channels). The camera CNN's
+column features are lifted onto the cells' azimuths by fixed pinhole geometry (a camera column
+looks along one azimuth; which range along that ray is for the RF and the attention to decide)
+and added to the cell tokens; then the same bidirectional cross-attention (cells <-> visual
+tokens) and a residual 3x3 conv over the grid. The fused feature is ``cell_dim`` values per cell
+(Linear + LayerNorm per cell), flattened, and the local grid head reads exactly that, so what a
+device transmits is what its own detector used. Spatial structure survives to the aggregator;
+the pooled layout averaged it away, and a learned set head on 1000 frames over-fitted.
+
 ``modalities='rf'`` or ``'camera'`` builds the unimodal baselines: one extractor, and the
 cross-attention layers become self-attention layers of the same size.
 
-:class:`LocalDetector` adds the shared set-prediction head on the fused tokens, so a device can be
-trained on its own data alone (objects in the device frame).
+:class:`LocalDetector` adds the shared head (set head on the fused tokens, or grid head on the
+per-cell feature), so a device can be trained on its own data alone (objects in the device frame).
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ import torch
 from torch import nn
 
 from disac_ros.core.models.config import HeadConfig, RVFNConfig
-from disac_ros.core.models.heads import SetPrediction, SetPredictionHead
+from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -139,12 +150,22 @@ class RVFN(nn.Module):
                                      c.coord_channels) \
             if self.use_camera else None
         streams = int(self.use_rf) + int(self.use_camera)
+        self.polar: _PolarLift | None = None
+        if c.layout == 'polar':
+            self.polar = _PolarLift(c)
+            if self.use_rf:   # RA map + the range-Doppler profile of each range bin as channels
+                self.rf_net = ConvTokenizer(_polar_rf_channels(c), c.rf_channels, c.polar_grid,
+                                            c.dim, c.coord_channels)
         self.modality = nn.Parameter(torch.randn(streams, c.dim) * 0.02)
         self.layers = nn.ModuleList([BiCrossAttentionLayer(c.dim, c.num_heads, c.ffn_mult,
                                                            c.dropout, streams)
                                      for _ in range(c.num_cross_layers)])
-        self.out_norm = nn.LayerNorm(streams * c.dim)
-        self.out = nn.Linear(streams * c.dim, c.feature_dim)
+        if c.layout == 'polar':
+            self.out_norm = nn.LayerNorm(c.dim)
+            self.out = nn.Linear(c.dim, c.cell_dim)
+        else:
+            self.out_norm = nn.LayerNorm(streams * c.dim)
+            self.out = nn.Linear(streams * c.dim, c.feature_dim)
 
     def _check(self, x: torch.Tensor | None, channels: int, name: str) -> torch.Tensor:
         if x is None:
@@ -164,6 +185,8 @@ class RVFN(nn.Module):
         :param rf: (B, C_rf, H_rf, W_rf) float RF features (optional when modalities='camera').
         """
         c = self.config
+        if self.polar is not None:
+            return self._forward_polar(image, rf)
         streams: list[torch.Tensor] = []
         if self.rf_net is not None:
             streams.append(self.rf_net(self._check(rf, c.rf_in_channels, 'rf')))
@@ -180,6 +203,109 @@ class RVFN(nn.Module):
         feature = self.out(self.out_norm(pooled))
         return RVFNOutput(feature=feature, tokens=torch.cat(streams, dim=1))
 
+    def _forward_polar(self, image: torch.Tensor | None, rf: torch.Tensor | None) -> RVFNOutput:
+        """Polar layout: tokens = grid cells (+ visual tokens); feature = per-cell values."""
+        c = self.config
+        assert self.polar is not None
+        batch = None
+        cells = None
+        vis_tokens = None
+        if self.rf_net is not None:
+            rfx = self._check(rf, c.rf_in_channels, 'rf')
+            cells = self.rf_net(_polar_rf_input(rfx))                    # (B, G, D)
+            batch = cells.shape[0]
+        if self.vis_net is not None:
+            img = self._check(image, c.image_channels, 'image')
+            vis_tokens, ray = self.polar.camera(self.vis_net, (img - 0.5) / 0.25)
+            if batch is not None and vis_tokens.shape[0] != batch:
+                raise ValueError(f'image and rf batch sizes differ: {vis_tokens.shape[0]} vs '
+                                 f'{batch}')
+            cells = ray if cells is None else cells + ray
+        assert cells is not None
+        # Camera only (baseline): the lifted rays are the one stream (self-attention).
+        streams = [cells] if vis_tokens is None or self.rf_net is None else [cells, vis_tokens]
+        streams = [s + self.modality[i] for i, s in enumerate(streams)]
+        for layer in self.layers:
+            streams = layer(streams)
+        cells = self.polar.refine(streams[0])
+        feature = self.out(self.out_norm(cells)).flatten(1)             # (B, G * cell_dim)
+        # Unit RMS per frame: the channel's power normalisation then loses nothing.
+        feature = feature / feature.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        return RVFNOutput(feature=feature, tokens=torch.cat([cells] + streams[1:], dim=1))
+
+
+_POLAR_DOPPLER_BINS = 16   # Doppler profile per range bin, max-pooled to this many channels
+
+
+def _polar_rf_channels(c: RVFNConfig) -> int:
+    return c.rf_in_channels - 1 + _POLAR_DOPPLER_BINS
+
+
+def _polar_rf_input(rf: torch.Tensor) -> torch.Tensor:
+    """
+    (B, 2, H, W) [range-Doppler, range-angle] -> (B, 1 + 16, H, W) on the angle x range axes.
+
+    Channel 0 of the RF features is Doppler x range, channel 1 angle x range (rf.py). The polar
+    grid lives on angle x range, so the range-angle map stays an image and each range bin's
+    Doppler profile (max-pooled to 16 bins, so any chirp count works) becomes 16 channels,
+    repeated along the angle rows: every cell sees the radial speeds present at its range.
+    """
+    rd, ra = rf[:, :1], rf[:, 1:]
+    prof = nn.functional.adaptive_max_pool2d(rd, (_POLAR_DOPPLER_BINS, rd.shape[-1]))
+    prof = prof.transpose(1, 2).expand(-1, -1, ra.shape[-2], -1)   # (B, 16, H, W)
+    return torch.cat((ra, prof), dim=1).contiguous()
+
+
+class _PolarLift(nn.Module):
+    """Camera columns -> polar cells (fixed pinhole geometry) and a post-fusion grid conv."""
+
+    def __init__(self, c: RVFNConfig) -> None:
+        super().__init__()
+        from disac_ros.core.models.polar_grid import PolarGrid
+        self.grid = PolarGrid(c.polar_grid[0], c.polar_grid[1], c.max_range_m)
+        self.hfov_deg = c.camera_hfov_deg
+        self.shape = tuple(c.polar_grid)
+        cols = c.vis_channels[-1]
+        self.ray = nn.Sequential(nn.Linear(cols, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
+        # +1 input: "this cell is inside the camera's view" (lift weights sum to 1, else 0)
+        self.ray_gate = nn.Linear(1, c.dim)
+        self.range_emb = nn.Parameter(torch.randn(c.polar_grid[1], c.dim) * 0.02)
+        self.conv = nn.Sequential(nn.Conv2d(c.dim, c.dim, 3, padding=1), _norm(c.dim), nn.GELU(),
+                                  nn.Conv2d(c.dim, c.dim, 3, padding=1))
+        self._lift_cols = -1
+        self.register_buffer('lift', torch.zeros(0), persistent=False)
+
+    def camera(self, vis_net: 'ConvTokenizer', img: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(visual tokens (B, S_vis, D), per-cell camera-ray features (B, G, D))."""
+        x = img
+        if vis_net.coord:
+            b, _, h, w = x.shape
+            rows = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
+            cols = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))
+            x = torch.cat((x, grid.expand(b, -1, -1, -1)), dim=1)
+        fmap = vis_net.cnn(x)                                             # (B, C, h, w)
+        tokens = vis_net.proj(vis_net.pool(fmap).flatten(2).transpose(1, 2)) + vis_net.pos
+        columns = fmap.amax(dim=2).transpose(1, 2)                        # (B, w, C)
+        if self._lift_cols != columns.shape[1]:
+            self.lift = self.grid.camera_lift(self.hfov_deg, columns.shape[1]).to(fmap.device)
+            self._lift_cols = columns.shape[1]
+        lift = self.lift.to(columns.dtype)
+        per_angle = lift @ self.ray(columns)                              # (B, A, D)
+        seen = lift.sum(-1, keepdim=True)                                 # (A, 1)
+        per_angle = per_angle + self.ray_gate(seen)
+        a, r = self.shape
+        ray = (per_angle[:, :, None, :] + self.range_emb).reshape(img.shape[0], a * r, -1)
+        return tokens, ray
+
+    def refine(self, cells: torch.Tensor) -> torch.Tensor:
+        """Residual 3x3 conv over the (angle, range) grid of fused cell tokens."""
+        b, g, d = cells.shape
+        x = cells.transpose(1, 2).reshape(b, d, *self.shape)
+        x = x + self.conv(x)
+        return x.reshape(b, d, g).transpose(1, 2)
+
 
 class LocalDetector(nn.Module):
     """RVFN + set-prediction head: a device's own detector (objects in the device frame)."""
@@ -192,12 +318,31 @@ class LocalDetector(nn.Module):
         if hc.dim != rc.dim:
             from disac_ros.core.errors import ConfigError
             raise ConfigError('head.dim', f'must equal rvfn.dim={rc.dim}, got {hc.dim}')
+        from disac_ros.core.errors import ConfigError
+        if (hc.kind == 'grid') != (rc.layout == 'polar'):
+            raise ConfigError('head.kind', "'grid' goes with rvfn.layout 'polar' (and 'set' "
+                              f"with 'pooled'); got {hc.kind!r} with {rc.layout!r}")
+        if hc.kind == 'grid' and (tuple(hc.polar_grid) != tuple(rc.polar_grid)
+                                  or hc.max_range_m != rc.max_range_m):
+            raise ConfigError('head.polar_grid', 'must match rvfn.polar_grid / max_range_m')
         self.config = (rc, hc)
         self.rvfn = RVFN(rc)
-        self.head = SetPredictionHead(hc)
+        self.head = build_head(hc)
+        # Grid heads read the transmitted per-cell feature itself (not the wider fused tokens),
+        # so what a device sends is exactly what its own detector needed.
+        self.cell_in = nn.Linear(rc.cell_dim, hc.dim) if hc.kind == 'grid' else None
 
     def forward(self, image: torch.Tensor | None,
                 rf: torch.Tensor | None) -> tuple[RVFNOutput, SetPrediction]:
         """Fuse and detect: (RVFNOutput, SetPrediction in the device frame)."""
         fused = self.rvfn(image, rf)
+        if isinstance(self.head, GridHead):
+            return fused, self.detect_from_feature(fused.feature)
         return fused, self.head(fused.tokens)
+
+    def detect_from_feature(self, feature: torch.Tensor) -> SetPrediction:
+        """Grid head on a (possibly decoded) per-cell feature (B, G * cell_dim)."""
+        if not isinstance(self.head, GridHead) or self.cell_in is None:
+            raise ValueError('detect_from_feature needs a grid head (head.kind=grid)')
+        cells = feature.float().view(feature.shape[0], self.head.grid.num_cells, -1)
+        return self.head(self.cell_in(cells))

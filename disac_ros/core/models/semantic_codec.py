@@ -9,6 +9,10 @@ Receiver preprocessing shared by every decoder (:func:`receiver_inputs`):
   pilots and no knowledge of ``h``; it only keeps the decoder's input near unit scale whatever the
   path loss (which spans tens of dB). ``log10(rms(y))`` is passed on as an input, so nothing is
   lost: the decoder still sees how strong the packet arrived.
+* ``input_scaling='agc_phase'``: AGC, then blind phase normalisation: the packet is rotated so
+  that its own mean symbol is real and positive (no pilot; see :func:`receiver_inputs`). The
+  unknown Rayleigh phase then no longer changes what the decoder sees; the gain's magnitude and
+  the noise are still the decoder's to handle.
 * ``input_scaling='none'``: the raw samples.
 
 Side information known at the receiver, as features: ``snr_db / 10`` and
@@ -51,10 +55,21 @@ def receiver_inputs(y: torch.Tensor, scaling: str,
     y = y.float()
     if scaling == 'none':
         return y, y.new_zeros(y.shape[0], 1)
-    if scaling != 'agc':
-        raise ValueError(f"input_scaling must be 'agc' or 'none', got {scaling!r}")
+    if scaling not in ('agc', 'agc_phase'):
+        raise ValueError(f"input_scaling must be 'agc', 'agc_phase' or 'none', got {scaling!r}")
     rms = y.pow(2).sum(-1).mean(-1, keepdim=True).add(eps).sqrt()    # (B, 1)
-    return y / rms.unsqueeze(-1), torch.log10(rms)
+    ys = y / rms.unsqueeze(-1)
+    if scaling == 'agc_phase':
+        # Blind phase normalisation: rotate the packet so that its own mean symbol is real and
+        # positive. No pilot: a fading phase rotates every symbol and the mean alike, so the
+        # rotated packet does not depend on the phase of h; the encoder learns to give its code
+        # a mean worth locking to (it is trained through this step).
+        m = ys.mean(dim=1)                                               # (B, 2)
+        mag = m.pow(2).sum(-1, keepdim=True).add(eps).sqrt()
+        c, s = (m[:, :1] / mag)[:, None], (m[:, 1:] / mag)[:, None]      # (B, 1, 1)
+        ys = torch.cat((c * ys[..., :1] + s * ys[..., 1:], c * ys[..., 1:] - s * ys[..., :1]),
+                       dim=-1)
+    return ys, torch.log10(rms)
 
 
 class SemanticEncoder(nn.Module):
@@ -95,6 +110,8 @@ class MLPDecoder(nn.Module):
             width = c.hidden
         layers.append(nn.Linear(width, c.feature_dim))
         self.net = nn.Sequential(*layers)
+        self.skip = nn.Linear(2 * c.num_symbols, c.feature_dim, bias=False) \
+            if c.linear_skip else None
 
     def forward(self, y: torch.Tensor, snr_db: torch.Tensor,
                 distance_m: torch.Tensor) -> torch.Tensor:
@@ -106,7 +123,8 @@ class MLPDecoder(nn.Module):
         parts = [ys.flatten(1), level]
         if self.config.use_side_info:
             parts.append(side_info_features(snr_db, distance_m).to(ys.device))
-        return self.net(torch.cat(parts, dim=-1))
+        out = self.net(torch.cat(parts, dim=-1))
+        return out if self.skip is None else out + self.skip(ys.flatten(1))
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -32,6 +32,14 @@ having to learn the rigid transform from a pose embedding. The output has K*Q qu
 absent devices are forced to "no object" far away. The aggregation weight enters as a bias
 ``log(K_present * w_k)`` on device k's object-class logits (0 for uniform weights).
 
+With a grid head (``head.kind='grid'``, the shipped layout) the tokens of a device are its polar
+cells: ``Linear(cell_dim, D)`` of each cell's decoded values + a cell-index embedding + an
+embedding of the cell centre's WORLD position (from the pose), so attention can find the cells of
+other devices that look at the same place; then the transformer over all K*G tokens, the grid
+head on every cell in its device's frame, and the exact pose transform. Every present device whose
+grid contains an object is trained to report it; the output's duplicates are removed by
+class-agnostic NMS (``evaluation.metrics.nms_keep``).
+
 ``aggregator='mean_pool'`` is the baseline: the same per-device tokens and embeddings, no
 cross-device transformer, the memory is the mean over present devices, the same head.
 """
@@ -43,7 +51,8 @@ import torch
 from torch import nn
 
 from disac_ros.core.models.config import TRAMConfig
-from disac_ros.core.models.heads import SetPrediction, SetPredictionHead
+from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
+from disac_ros.core.models.polar_grid import PolarGrid
 from disac_ros.core.models.semantic_codec import side_info_features
 
 
@@ -66,8 +75,18 @@ class TRAM(nn.Module):
         super().__init__()
         self.config = config or TRAMConfig()
         c = self.config
-        self.feat_proj = nn.Linear(c.feature_dim, c.tokens_per_device * c.dim)
-        self.token_index = nn.Parameter(torch.randn(c.tokens_per_device, c.dim) * 0.02)
+        self.grid: PolarGrid | None = None
+        if c.head.kind == 'grid':
+            # Polar layout: one token per grid cell of each device, placed in the world by pose.
+            self.grid = PolarGrid(c.head.polar_grid[0], c.head.polar_grid[1], c.head.max_range_m)
+            cells = self.grid.num_cells
+            self.feat_proj = nn.Linear(c.feature_dim // cells, c.dim)
+            self.token_index = nn.Parameter(torch.randn(cells, c.dim) * 0.02)
+            self.world_pos_emb = _mlp(2, c.dim)
+            self.register_buffer('centres', self.grid.centres_tensor(), persistent=False)
+        else:
+            self.feat_proj = nn.Linear(c.feature_dim, c.tokens_per_device * c.dim)
+            self.token_index = nn.Parameter(torch.randn(c.tokens_per_device, c.dim) * 0.02)
         self.device_emb = nn.Embedding(c.max_devices, c.dim)
         nn.init.normal_(self.device_emb.weight, std=0.02)
         self.pose_emb = _mlp(4, c.dim)
@@ -85,7 +104,7 @@ class TRAM(nn.Module):
                                                      enable_nested_tensor=False)
             self.score = nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.GELU(),
                                        nn.Linear(c.dim, 1))
-        self.head = SetPredictionHead(c.head)
+        self.head = build_head(c.head)
 
     def _validate(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
                   link: torch.Tensor, device_index: torch.Tensor) -> None:
@@ -122,9 +141,23 @@ class TRAM(nn.Module):
                                                   link[..., 1].reshape(-1))
                                .to(features.device).view(b, k, 2))          # (B, K, D)
         per_device = (self.device_emb(device_index) + self.pose_emb(pose_in) + link_e)
-        tokens = self.feat_proj(features.float()).view(b, k, t, d) + self.token_index
+        if self.grid is not None:
+            t = self.grid.num_cells
+            cells = features.float().view(b, k, t, -1)
+            world = self._to_world(self.centres.to(pose.dtype).expand(b, k, t, 2), pose) \
+                + pose[..., None, :2]
+            tokens = (self.feat_proj(cells) + self.token_index
+                      + self.world_pos_emb(world / c.scene_scale_m))
+        else:
+            tokens = self.feat_proj(features.float()).view(b, k, t, d) + self.token_index
         tokens = tokens + per_device.unsqueeze(2)                            # (B, K, T, D)
         absent = ~present
+        if self.grid is not None and c.aggregator == 'mean_pool':
+            # Baseline: no cross-device attention; every cell gets the mean of the present
+            # devices' token summaries, then each device is decoded in its own frame.
+            w = present.float() / present.float().sum(dim=1, keepdim=True)    # (B, K)
+            summary = (tokens.mean(dim=2) * w[..., None]).sum(dim=1)          # (B, D)
+            return self._grid_output(tokens + summary[:, None, None, :], present, pose, w)
         if c.aggregator == 'mean_pool':
             w = present.float() / present.float().sum(dim=1, keepdim=True)    # (B, K)
             memory = (tokens * w[:, :, None, None]).sum(dim=1)                 # (B, T, D)
@@ -165,15 +198,32 @@ class TRAM(nn.Module):
         per_dev = flat.view(b, k, t, d)
         summary = per_dev.mean(dim=2)                                         # (B, K, D)
         w = self._weights(summary, link_e, absent)
+        if self.grid is not None:
+            return self._grid_output(per_dev, present, pose, w)
         pred = self.head(per_dev.reshape(b * k, t, d), context=summary.reshape(b * k, d))
+        return self._place(pred, present, pose, w)
+
+    @staticmethod
+    def _to_world(v: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """Rotate device-frame vectors (B, K, N, 2) by each device's yaw (pose (B, K, 3))."""
+        c, s = torch.cos(pose[..., 2])[..., None], torch.sin(pose[..., 2])[..., None]
+        return torch.stack((c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]), -1)
+
+    def _grid_output(self, per_dev: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
+                     w: torch.Tensor) -> TRAMOutput:
+        """Grid head on every device's cell tokens (B, K, G, D), then placed in the world."""
+        b, k, t, d = per_dev.shape
+        return self._place(self.head(per_dev.reshape(b * k, t, d)), present, pose, w)
+
+    def _place(self, pred: SetPrediction, present: torch.Tensor, pose: torch.Tensor,
+               w: torch.Tensor) -> TRAMOutput:
+        """Device-frame predictions (B*K, Q, ...) -> world frame, weights as logit bias."""
+        b, k = present.shape
+        absent = ~present
         q, ncls = pred.logits.shape[1:]
-        c, s = torch.cos(pose[..., 2]).reshape(b * k, 1), torch.sin(pose[..., 2]).reshape(b * k, 1)
-
-        def to_world(v: torch.Tensor) -> torch.Tensor:   # rotate device-frame (x, y) by yaw
-            return torch.stack((c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]), -1)
-
-        position = to_world(pred.position) + pose[..., :2].reshape(b * k, 1, 2)
-        velocity = to_world(pred.velocity)
+        position = (self._to_world(pred.position.view(b, k, q, 2), pose)
+                    + pose[..., None, :2]).reshape(b * k, q, 2)
+        velocity = self._to_world(pred.velocity.view(b, k, q, 2), pose).reshape(b * k, q, 2)
         n_present = present.float().sum(dim=1, keepdim=True)
         bias = torch.log((w * n_present).clamp_min(1e-6)).reshape(b * k, 1, 1)
         logits = torch.cat((pred.logits[..., :1], pred.logits[..., 1:] + bias), dim=-1)
