@@ -206,3 +206,24 @@ def test_mirror_augmentation_reflects_every_input_and_the_targets_consistently(
     torch.testing.assert_close(mtgt.velocity[0], tgt.velocity[0] * torch.tensor([1.0, -1.0]))
     torch.testing.assert_close(mtgt.position[1], tgt.position[1])
     assert torch.equal(frames.rf[0], rfx[0])                            # cache not modified
+
+
+def test_cosine_schedule_warms_up_then_decays_to_five_percent():
+    from disac_ros.core.training import common
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    lrs = []
+    for step in range(100):
+        common.set_lr(opt, step, 10, 100, 'cosine')
+        lrs.append(opt.param_groups[0]['lr'])
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_object_class_weights_reach_the_loss():
+    from disac_ros.core.models.config import HeadConfig, LossConfig
+    from disac_ros.core.models.losses import GridCriterion
+    crit = GridCriterion(LossConfig(object_class_weights=(1.0, 3.0)),
+                         HeadConfig(kind='grid', polar_grid=(4, 8)))
+    assert crit.class_weight.tolist() == pytest.approx([0.1, 1.0, 3.0, 1.0, 1.0])

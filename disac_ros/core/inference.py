@@ -231,14 +231,15 @@ class AggregatorPipeline:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int = 1, decoder: str = 'shipped',
                  aggregator: str = 'tram', modalities: str = 'both', score_threshold: float = 0.5,
-                 nms_radius_m: float = 1.0, llm_source: str = '',
+                 nms_radius_m: float = 1.5, llm_source: str = '',
                  slot_of: dict[str, str] | None = None) -> None:
         """
         Load the decoder and TRAM.
 
         :param decoder: 'shipped' (model.json's choice), 'mlp', 'llm' or 'llm_no_channel_tokens'.
         :param score_threshold: keep a query when its best real-class probability is >= this.
-        :param nms_radius_m: of detections of one class closer than this, keep the best only.
+        :param nms_radius_m: of detections closer than this (any class: several devices report
+            one object), keep the most confident only; 0 disables it.
         :param llm_source: override the recipe's LLM source for an LLM decoder ('' = recipe).
         :param slot_of: device id -> model device id whose TRAM slot it uses (default: itself).
         """
@@ -352,23 +353,15 @@ class AggregatorPipeline:
 
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str]) -> list[Detection]:
+        from disac_ros.core.evaluation.metrics import nms_keep
         real = probs[:, 1:]
         score = real.max(-1)
-        order = np.argsort(-score)
         kept: list[Detection] = []
-        kept_cls: list[int] = []
-        for q in order:
-            if score[q] < self.score_threshold:
-                break
-            cls = int(real[q].argmax()) + 1
-            if any(c == cls and np.hypot(*(pos[q] - d.position)) < self.nms_radius_m
-                   for c, d in zip(kept_cls, kept)):
-                continue
+        for q in nms_keep(score, pos, self.score_threshold, self.nms_radius_m):
             dist = np.zeros(NUM_CLASSES)
             n_real = min(NUM_CLASSES - 1, real.shape[1])
             dist[1:1 + n_real] = real[q, :n_real] / max(float(real[q].sum()), 1e-9)
             kept.append(Detection(position=pos[q].astype(np.float64), class_probabilities=dist,
                                   velocity=vel[q].astype(np.float64), confidence=float(score[q]),
                                   devices=frozenset(devices)))
-            kept_cls.append(cls)
         return kept

@@ -67,7 +67,8 @@ PARAMS = (
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
     Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection',
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
-    Param('nms_radius_m', 1.0, 'same-class detections closer than this are merged (m)', minimum=0.0),
+    Param('nms_radius_m', 1.5, 'detections closer than this (any class) are merged into the most '
+          'confident one (m); several devices report the same object', minimum=0.0),
     Param('window_s', 0.1, 'packets whose stamps differ by less than this form one group (s)',
           minimum=0.0, exclusive_minimum=True),
     Param('max_wait_s', 0.3, 'fuse a group after waiting this long for missing devices (s)',

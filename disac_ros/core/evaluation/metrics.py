@@ -1,7 +1,8 @@
 """Detection, classification, localisation and feature metrics.
 
-Per frame, detections (queries whose best object-class probability is >= ``threshold``) are
-matched one-to-one to the ground-truth objects by the Hungarian algorithm on Euclidean position
+Per frame, detections (queries whose best object-class probability is >= ``threshold``, then
+class-agnostic non-maximum suppression within ``nms_radius_m``: several devices report one
+object) are matched one-to-one to the ground-truth objects by the Hungarian algorithm on Euclidean position
 distance; pairs farther apart than ``gate_m`` (default 2 m) are never matched. Over all frames::
 
     precision        = matched / detections
@@ -28,16 +29,37 @@ from disac_ros.core.models.losses import SetTargets
 _BIG = 1e9
 
 
-def detections_from_prediction(pred: SetPrediction, threshold: float
+def nms_keep(score: np.ndarray, position: np.ndarray, threshold: float,
+             radius_m: float) -> np.ndarray:
+    """
+    Indices of detections kept: score >= threshold, then greedy non-maximum suppression by
+    score over 2-D positions (class-agnostic: two reports of one object from different devices
+    may disagree on the class). ``radius_m <= 0`` disables the suppression.
+    """
+    order = np.argsort(-score, kind='stable')
+    order = order[score[order] >= threshold]
+    if radius_m <= 0 or order.size <= 1:
+        return order
+    kept: list[int] = []
+    pts = np.asarray(position, dtype=np.float64)[:, :2]
+    for q in order:
+        if kept and float(np.min(np.hypot(*(pts[kept] - pts[q]).T))) < radius_m:
+            continue
+        kept.append(int(q))
+    return np.asarray(kept, dtype=np.int64)
+
+
+def detections_from_prediction(pred: SetPrediction, threshold: float, nms_radius_m: float = 0.0
                                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of confident queries."""
+    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of confident queries,
+    after :func:`nms_keep` when ``nms_radius_m > 0``."""
     probs = pred.logits.detach().float().softmax(-1)
     score, cls = probs[..., 1:].max(-1)
     out = []
     for b in range(probs.shape[0]):
-        keep = (score[b] >= threshold).numpy()
-        out.append(((cls[b].numpy() + 1)[keep].astype(np.int64),
-                    pred.position[b].detach().float().numpy()[keep],
+        pos = pred.position[b].detach().float().numpy()
+        keep = nms_keep(score[b].numpy(), pos, threshold, nms_radius_m)
+        out.append(((cls[b].numpy() + 1)[keep].astype(np.int64), pos[keep],
                     pred.velocity[b].detach().float().numpy()[keep]))
     return out
 
@@ -56,8 +78,9 @@ def match(det_pos: np.ndarray, gt_pos: np.ndarray, gate_m: float) -> tuple[np.nd
 class DetectionStats:
     """Accumulates matches over frames; :meth:`summary` gives the metrics of the module doc."""
 
-    def __init__(self, gate_m: float = 2.0) -> None:
+    def __init__(self, gate_m: float = 2.0, nms_radius_m: float = 0.0) -> None:
         self.gate_m = float(gate_m)
+        self.nms_radius_m = float(nms_radius_m)
         self.num_gt = 0
         self.num_det = 0
         self.matched = 0
@@ -86,7 +109,7 @@ class DetectionStats:
 
     def add_batch(self, pred: SetPrediction, targets: SetTargets, threshold: float) -> None:
         """Add a batch of head predictions against padded SetTargets (same frame)."""
-        dets = detections_from_prediction(pred, threshold)
+        dets = detections_from_prediction(pred, threshold, self.nms_radius_m)
         for b, (dc, dp, dv) in enumerate(dets):
             valid = (targets.classes[b] > 0).numpy()
             self.add_frame(dc, dp, dv, targets.classes[b].numpy()[valid],

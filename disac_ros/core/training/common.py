@@ -92,9 +92,14 @@ def make_optimizer(groups: Iterable[Mapping[str, Any]],
     return torch.optim.AdamW([dict(g) for g in groups], weight_decay=weight_decay)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, step: int, warmup: int) -> None:
-    """Linear warm-up to each group's 'base_lr', then constant."""
+def set_lr(optimizer: torch.optim.Optimizer, step: int, warmup: int, total: int = 0,
+           schedule: str = 'constant') -> None:
+    """Linear warm-up to each group's 'base_lr', then constant, or (``schedule='cosine'``)
+    a cosine decay to 5 % of it at step ``total``."""
     scale = min(1.0, (step + 1) / max(1, warmup))
+    if schedule == 'cosine' and total > warmup and step >= warmup:
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        scale = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
     for g in optimizer.param_groups:
         g.setdefault('base_lr', g['lr'])
         g['lr'] = g['base_lr'] * scale

@@ -185,6 +185,17 @@ class AggregatorLabels:
                          position=lab['position'][keep, :2].astype(np.float32),
                          velocity=lab['velocity'][keep, :2].astype(np.float32))
 
+    def sensed_by(self, i: int, devices: Sequence[int], columns: Sequence[int],
+                  modalities: str = 'both') -> np.ndarray:
+        """(N, len(columns)) bool: which of the devices ``columns`` (dataset device indices)
+        sense each object of :meth:`objects` ``(i, devices)``, in the same order."""
+        lab = self.frame_labels(i)
+        keep = sensed_mask(lab, modalities, devices)
+        flags = np.zeros((int(keep.sum()), len(columns)), dtype=bool)
+        for key in SENSED_BY[modalities]:
+            flags |= lab[key][keep][:, list(columns)]
+        return flags
+
 
 # ------------------------------------------------------------------ device exports
 

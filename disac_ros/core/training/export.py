@@ -145,7 +145,13 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
             lines.append(f'* {sec}: ' + ', '.join(f'{k}={r[k]}' for k in
                                                   ('steps', 'batch_size', 'lr') if k in r))
     rv = recipe.get('rvfn', {})
-    if rv:
+    if rv and rv.get('layout') == 'polar':
+        enc = recipe.get('encoder', {})
+        lines.append(f'* rvfn: polar layout, grid {rv.get("polar_grid")} (angle x range cells, '
+                     f'{rv.get("max_range_m")} m), {rv.get("cell_dim")} values per cell = '
+                     f'feature_dim {rv.get("feature_dim")}, dim={rv.get("dim")}; '
+                     f'{enc.get("num_symbols")} channel symbols per packet')
+    elif rv:
         lines.append(f'* rvfn: dim={rv.get("dim")}, rf_grid={rv.get("rf_grid")}, vis_grid='
                      f'{rv.get("vis_grid")}, coord_channels={rv.get("coord_channels", False)}, '
                      f'feature_dim={rv.get("feature_dim")}')

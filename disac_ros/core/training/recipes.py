@@ -146,11 +146,20 @@ class Stage2Recipe:
     device_dropout: float = 0.3       # each device absent with this probability (>= 1 kept)
     eval_every: int = 500
     checkpoint_every: int = 500
+    lr_schedule: str = 'constant'     # after warm-up: 'constant' or 'cosine' (to 5 % at the end)
+    # Grid heads: which devices are trained to report an object. 'covering': every present
+    # device whose grid contains it; 'sensing': only those whose own camera or radar perceives
+    # it (the others need not guess, which keeps them from hallucinating).
+    assign_to: str = 'covering'
 
     def __post_init__(self) -> None:
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         _check(0.0 <= self.device_dropout < 1.0, 'device_dropout', 'must be in [0, 1)')
+        _check(self.assign_to in ('covering', 'sensing'), 'assign_to',
+               "must be 'covering' or 'sensing'")
+        _check(self.lr_schedule in ('constant', 'cosine'), 'lr_schedule',
+               "must be 'constant' or 'cosine'")
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,7 @@ class EvalRecipe:
     llm_max_frames: int = 60            # LLM decoders are slow on CPU: a fixed subset
     match_gate_m: float = 2.0
     score_threshold: float = 0.5
+    nms_radius_m: float = 1.5       # class-agnostic NMS of the fused detections (0 = off)
     seed: int = 1234
     jpeg_quality: int = 50
     digital_rf_bits: int = 4
@@ -185,6 +195,7 @@ class EvalRecipe:
                "must be 'awgn' or 'rayleigh'")
         _check(self.match_gate_m > 0, 'match_gate_m', 'must be > 0')
         _check(0 < self.score_threshold < 1, 'score_threshold', 'must be in (0, 1)')
+        _check(self.nms_radius_m >= 0, 'nms_radius_m', 'must be >= 0')
         _check(1 <= self.jpeg_quality <= 100, 'jpeg_quality', 'must be in [1, 100]')
         _check(1 <= self.digital_rf_bits <= 8, 'digital_rf_bits', 'must be in [1, 8]')
         _check(self.digital_channel_uses >= 1, 'digital_channel_uses', 'must be >= 1')
@@ -232,6 +243,14 @@ class Recipe:
                             ('llm_decoder.num_symbols', self.llm_decoder.num_symbols)):
             _check(value == n, name, f'must equal encoder.num_symbols={n}')
         _check(self.head.dim == self.rvfn.dim, 'head.dim', f'must equal rvfn.dim={self.rvfn.dim}')
+        polar = self.rvfn.layout == 'polar'
+        for name, head in (('head', self.head), ('tram.head', self.tram.head)):
+            _check((head.kind == 'grid') == polar, f'{name}.kind',
+                   "must be 'grid' with rvfn.layout 'polar' and 'set' with 'pooled'")
+            if polar:
+                _check(tuple(head.polar_grid) == tuple(self.rvfn.polar_grid)
+                       and head.max_range_m == self.rvfn.max_range_m, f'{name}.polar_grid',
+                       'polar_grid and max_range_m must equal the rvfn ones')
 
     # ------------------------------------------------------------------ (de)serialisation
     _MODEL_SECTIONS = {'rvfn': mc.RVFNConfig, 'head': mc.HeadConfig, 'encoder': mc.EncoderConfig,
@@ -310,20 +329,22 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def quick_recipe() -> Recipe:
     """The built-in quick recipe (same values as ``config/train_quick.yaml``)."""
-    f = 64
+    grid = (4, 8)
+    f = grid[0] * grid[1] * 4
     dim = 32
-    head = mc.HeadConfig(dim=dim, num_queries=12, num_layers=1, num_heads=2)
+    head = mc.HeadConfig(dim=dim, num_heads=2, kind='grid', polar_grid=grid)
     return Recipe(
         name='quick', seed=0, threads=2, llm='tiny',
-        rvfn=mc.RVFNConfig(vis_channels=(8, 16, 32), rf_channels=(8, 16, 32), dim=dim,
-                           num_heads=2, num_cross_layers=1, feature_dim=f),
+        rvfn=mc.RVFNConfig(vis_channels=(8, 16, 32), rf_channels=(8, 16), dim=dim,
+                           num_heads=2, num_cross_layers=1, feature_dim=f, coord_channels=True,
+                           layout='polar', polar_grid=grid, cell_dim=4),
         head=head,
         encoder=mc.EncoderConfig(feature_dim=f, num_symbols=16, hidden=64),
         mlp_decoder=mc.MLPDecoderConfig(num_symbols=16, feature_dim=f, hidden=128, num_layers=2),
         llm_decoder=mc.LLMDecoderConfig(llm='tiny', num_symbols=16, symbols_per_token=4,
                                         feature_dim=f, lora_r=4, lora_alpha=8),
-        tram=mc.TRAMConfig(feature_dim=f, dim=dim, tokens_per_device=2, num_layers=1,
-                           num_heads=2, head=head),
+        tram=mc.TRAMConfig(feature_dim=f, dim=dim, num_layers=1, num_heads=2,
+                           detect_in_device_frame=True, head=head),
         stage1=Stage1Recipe(steps=40, batch_size=8, lr=2e-3, warmup_steps=5,
                             proxy_decoder_hidden=64, eval_every=20, checkpoint_every=20),
         decoder=DecoderRecipe(steps=300, llm_steps=20, batch_size=64, llm_batch_size=8,

@@ -6,7 +6,8 @@ Models (per device, per modality variant):
 * ``encoder``: :class:`SemanticEncoder` (fused feature -> L channel symbols);
 * ``proxy_decoder``: a small :class:`MLPDecoder` standing in for the receiver during stage 1;
 * ``proxy_head``: a one-device :class:`TRAM` (mean-pool, K = 1) that detects objects from the
-  *decoded* feature.
+  *decoded* feature (set heads only; a grid head reads the per-cell feature, so the local head
+  itself detects from the decoded feature and the code is trained to survive the channel).
 
 Loss = local-head set loss (fused tokens) + proxy-head set loss (decoded feature after a random
 channel draw: SNR, distance, AWGN/Rayleigh) + NMSE(decoded, fused feature). The proxy path makes
@@ -32,7 +33,7 @@ import torch
 from disac_ros.core.dataset import DisacDataset
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.config import TRAMConfig
-from disac_ros.core.models.losses import SetCriterion
+from disac_ros.core.models.losses import build_criterion
 from disac_ros.core.models.rvfn import LocalDetector
 from disac_ros.core.models.semantic_codec import MLPDecoder, SemanticEncoder
 from disac_ros.core.models.config import MLPDecoderConfig
@@ -58,23 +59,32 @@ def build_device_models(recipe: Recipe, modalities: str = 'both') -> dict[str, t
                                 tokens_per_device=recipe.tram.tokens_per_device, max_devices=1,
                                 num_layers=0, num_heads=recipe.head.num_heads,
                                 aggregator='mean_pool', head=recipe.head)
-    return {
+    models: dict[str, torch.nn.Module] = {
         'detector': LocalDetector(rc, recipe.head),
         'encoder': SemanticEncoder(recipe.encoder),
         'proxy_decoder': MLPDecoder(MLPDecoderConfig(
             num_symbols=recipe.encoder.num_symbols, feature_dim=f,
-            hidden=recipe.stage1.proxy_decoder_hidden, num_layers=2)),
-        'proxy_head': TRAM(proxy_head_cfg),
+            hidden=recipe.stage1.proxy_decoder_hidden, num_layers=2,
+            linear_skip=recipe.mlp_decoder.linear_skip,
+            input_scaling=recipe.mlp_decoder.input_scaling)),
     }
+    if recipe.head.kind != 'grid':   # grid heads read the feature: the local head is the proxy
+        models['proxy_head'] = TRAM(proxy_head_cfg)
+    return models
 
 
 def _device_key(device_id: str) -> int:
     return zlib.crc32(device_id.encode('utf-8')) & 0x7FFFFFFF
 
 
-def proxy_detect(head: TRAM, fhat: torch.Tensor, snr: torch.Tensor,
+def proxy_detect(models: dict[str, torch.nn.Module], fhat: torch.Tensor, snr: torch.Tensor,
                  dist: torch.Tensor) -> Any:
-    """Run the one-device proxy head on decoded features (B, F) -> SetPrediction."""
+    """Detect from decoded features (B, F) -> SetPrediction: with a grid head, the device's own
+    local head (it reads the per-cell feature); else the one-device proxy TRAM."""
+    detector = models['detector']
+    if 'proxy_head' not in models:
+        return detector.detect_from_feature(fhat)  # type: ignore[operator]
+    head = models['proxy_head']
     b = fhat.shape[0]
     return head(fhat[:, None], torch.ones(b, 1, dtype=torch.bool), torch.zeros(b, 1, 3),
                 torch.stack((snr, dist), dim=-1)[:, None],
@@ -108,13 +118,13 @@ def export_device(models: dict[str, torch.nn.Module], frames: DeviceFrames,
 
 @torch.no_grad()
 def validate(models: dict[str, torch.nn.Module], frames: DeviceFrames, recipe: Recipe,
-             criterion: SetCriterion, channel: WirelessChannel) -> dict[str, float]:
+             criterion: torch.nn.Module, channel: WirelessChannel) -> dict[str, float]:
     """Losses and device-frame detection metrics on held-out frames (10 dB Rayleigh, 100 m)."""
     from disac_ros.core.evaluation.metrics import DetectionStats
     for m in models.values():
         m.eval()
-    stats_local = DetectionStats(recipe.eval.match_gate_m)
-    stats_proxy = DetectionStats(recipe.eval.match_gate_m)
+    stats_local = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
+    stats_proxy = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
     tot = {'val_loss_local': 0.0, 'val_loss_proxy': 0.0, 'val_nmse': 0.0}
     n_batches = 0
     gen = torch.Generator().manual_seed(recipe.seed + 99)
@@ -127,7 +137,7 @@ def validate(models: dict[str, torch.nn.Module], frames: DeviceFrames, recipe: R
         snr, dist = torch.full((b,), 10.0), torch.full((b,), 100.0)
         y = channel(x, dist, snr, fading='rayleigh', generator=gen).y
         fhat = models['proxy_decoder'](y, snr, dist)
-        ppred = proxy_detect(models['proxy_head'], fhat, snr, dist)  # type: ignore[arg-type]
+        ppred = proxy_detect(models, fhat, snr, dist)
         tot['val_loss_local'] += float(criterion(pred, tgt)['loss'])
         tot['val_loss_proxy'] += float(criterion(ppred, tgt)['loss'])
         tot['val_nmse'] += float(common.nmse(fhat, fused.feature))
@@ -173,7 +183,7 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
     if resume and (ckpt_dir / 'config.json').is_file():
         start, _ = common.load_training_checkpoint(ckpt_dir, models, opt)
     log = LossLog(folder, resume_from=start if resume else None)
-    criterion = SetCriterion(recipe.loss, recipe.head)
+    criterion = build_criterion(recipe.loss, recipe.head)
     channel = WirelessChannel(recipe.channel)
     key = _device_key(device_id)
     meta_base = {
@@ -201,8 +211,7 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
         cond = common.draw_conditions(rng, len(idx), recipe.train_channel)
         y = common.send(channel, x, cond, common.torch_gen(rng))
         fhat = models['proxy_decoder'](y, cond.snr_db, cond.distance_m)
-        ppred = proxy_detect(models['proxy_head'], fhat, cond.snr_db,  # type: ignore[arg-type]
-                             cond.distance_m)
+        ppred = proxy_detect(models, fhat, cond.snr_db, cond.distance_m)
         l_local = criterion(pred, tgt)
         l_proxy = criterion(ppred, tgt)
         l_rec = common.nmse(fhat, fused.feature.detach())

@@ -26,7 +26,7 @@ import torch
 from disac_ros.core.dataset import DisacDataset
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.models.channel import WirelessChannel
-from disac_ros.core.models.losses import SetCriterion
+from disac_ros.core.models.losses import build_criterion
 from disac_ros.core.models.tram import TRAM
 from disac_ros.core.training import common
 from disac_ros.core.training.data import AggregatorLabels, collate_targets
@@ -116,7 +116,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     if resume and (ckpt_dir / 'config.json').is_file():
         start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, opt)
     log = LossLog(folder, resume_from=start if resume else None)
-    criterion = SetCriterion(recipe.loss, recipe.tram.head)
+    criterion = build_criterion(recipe.loss, recipe.tram.head)
     channel = WirelessChannel(recipe.channel)
     k = len(fleet.device_ids)
     slots = torch.as_tensor(fleet.slots, dtype=torch.long)
@@ -137,14 +137,21 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
         none = ~present.any(axis=1)
         present[none, rng.integers(0, k, size=int(none.sum()))] = True
         feats, link = decode_fleet(fleet, torch.as_tensor(idx), decoder, channel, recipe, rng)
-        targets = collate_targets([labels.objects(int(i), [fleet.slots[j] for j in range(k)
-                                                           if present[n, j]], modalities)
+        on = [[fleet.slots[j] for j in range(k) if present[n, j]] for n in range(b)]
+        targets = collate_targets([labels.objects(int(i), on[n], modalities)
                                    for n, i in enumerate(idx)])
-        out_ = model(feats, torch.as_tensor(present), fleet.pose[idx], link,
-                     slots.expand(b, k))
-        loss_d = criterion(out_.prediction, targets)
+        sensed = None
+        if r2.assign_to == 'sensing':
+            sensed = torch.zeros(b, targets.classes.shape[1], k, dtype=torch.bool)
+            for n, i in enumerate(idx):
+                f = labels.sensed_by(int(i), on[n], fleet.slots, modalities)
+                sensed[n, :len(f)] = torch.from_numpy(f)
+        present_t = torch.as_tensor(present)
+        out_ = model(feats, present_t, fleet.pose[idx], link, slots.expand(b, k))
+        loss_d = criterion(out_.prediction, targets, pose=fleet.pose[idx], present=present_t,
+                           sensed=sensed)
         loss = loss_d['loss']
-        common.set_lr(opt, step, r2.warmup_steps)
+        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
@@ -202,7 +209,7 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
     from disac_ros.core.evaluation.metrics import DetectionStats
     from disac_ros.core.training.decoder import decode
     model.eval()
-    stats = DetectionStats(recipe.eval.match_gate_m)
+    stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
     channel = WirelessChannel(recipe.channel)
     gen = torch.Generator().manual_seed(recipe.eval.seed)
     k = len(fleet.device_ids)
