@@ -4,10 +4,12 @@
 Times (median of ``--repeats`` runs after ``--warmup`` runs, ``torch.set_num_threads(--threads)``,
 ``torch.inference_mode``):
 
-* RVFN, one frame: image (1, 3, 128, 128) + RF (1, 2, 32, 128), default config;
+* every model is built from the default training recipe (``config/train_default.yaml``, the
+  shipped configuration: polar RVFN, L = 256 symbols, 512-value features), untrained weights;
+* RVFN, one frame: image (1, 3, 128, 128) + RF (1, 2, 32, 128);
 * semantic encoder, MLP decoder, LLM decoder (with and without channel tokens), batch of 4
-  packets of L = 64 symbols; the LLM decoder uses the real SmolLM2-135M (bf16) unless
-  ``--tiny-llm`` or the package is missing;
+  packets; the LLM decoder uses the real SmolLM2-135M (bf16) unless ``--tiny-llm`` or the
+  package is missing;
 * TRAM and the mean-pool baseline, one frame of K = 4 devices.
 
 Usage::
@@ -29,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a sour
 
 import torch  # noqa: E402
 
+from dataclasses import replace  # noqa: E402
+
 from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
-from disac_ros.core.models.config import LLMDecoderConfig, TRAMConfig  # noqa: E402
 from disac_ros.core.models.llm_decoder import LLMDecoder  # noqa: E402
 from disac_ros.core.models.llm_loader import (LLMLoadError, load_causal_lm,  # noqa: E402
                                               write_tiny_llm)
@@ -38,6 +41,7 @@ from disac_ros.core.models.rvfn import RVFN  # noqa: E402
 from disac_ros.core.models.semantic_codec import (count_trainable, MLPDecoder,  # noqa: E402
                                                   SemanticEncoder)
 from disac_ros.core.models.tram import TRAM  # noqa: E402
+from disac_ros.core.training.recipes import load_recipe  # noqa: E402
 
 
 def time_ms(fn: Callable[[], object], warmup: int, repeats: int) -> dict[str, float]:
@@ -74,20 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         r['input'] = note
         results[name] = r
 
-    rvfn = RVFN()
+    rec = load_recipe('default')
+    f, n_sym = rec.rvfn.feature_dim, rec.encoder.num_symbols
+    rvfn = RVFN(rec.rvfn)
     img, rf = torch.rand(1, 3, 128, 128, generator=g), torch.randn(1, 2, 32, 128, generator=g)
     record('rvfn', rvfn, lambda: rvfn(img, rf), '1 frame, 128x128 image, 2x32x128 RF')
 
-    enc = SemanticEncoder()
-    feat = torch.randn(4, 256, generator=g)
-    record('encoder', enc, lambda: enc(feat), '4 packets, F=256 -> L=64')
+    enc = SemanticEncoder(rec.encoder)
+    feat = torch.randn(4, f, generator=g)
+    record('encoder', enc, lambda: enc(feat), f'4 packets, F={f} -> L={n_sym}')
     with torch.no_grad():
         ch = WirelessChannel()(enc(feat), torch.tensor([30.0, 100.0, 200.0, 400.0]),
                                generator=g)
     y, snr, dist = ch.y, ch.snr_db, ch.distance_m
 
-    mlp = MLPDecoder()
-    record('mlp_decoder', mlp, lambda: mlp(y, snr, dist), '4 packets, L=64')
+    mlp = MLPDecoder(rec.mlp_decoder)
+    record('mlp_decoder', mlp, lambda: mlp(y, snr, dist), f'4 packets, L={n_sym}')
 
     llm_name = 'smollm2'
     tmp = None
@@ -102,20 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         llm_name = str(write_tiny_llm(Path(tmp.name) / 'tiny'))
         llm = load_causal_lm(llm_name)
     for name, use_tokens in (('llm_decoder', True), ('llm_decoder_no_channel_tokens', False)):
-        dec = LLMDecoder(LLMDecoderConfig(llm=llm_name, use_channel_tokens=use_tokens), llm=llm)
+        dec = LLMDecoder(replace(rec.llm_decoder, llm=llm_name, use_channel_tokens=use_tokens),
+                         llm=llm)
         record(name, dec, lambda: dec(y, snr, dist),
-               f'4 packets, L=64, backbone {llm_name} bf16 (load {llm.load_seconds:.2f} s)')
+               f'4 packets, L={n_sym}, backbone {llm_name} bf16 (load {llm.load_seconds:.2f} s)')
         del dec
         llm = load_causal_lm(llm_name)   # fresh backbone: LoRA was injected into the last one
 
     k = 4
-    feats = torch.randn(1, k, 256, generator=g)
+    feats = torch.randn(1, k, f, generator=g)
     present = torch.ones(1, k, dtype=torch.bool)
     pose = torch.randn(1, k, 3, generator=g) * 20
     link = torch.stack([torch.rand(1, k, generator=g) * 20,
                         torch.rand(1, k, generator=g) * 300 + 20], -1)
     for name, agg in (('tram', 'tram'), ('tram_mean_pool', 'mean_pool')):
-        model = TRAM(TRAMConfig(aggregator=agg))
+        model = TRAM(replace(rec.tram, aggregator=agg,
+                             detect_in_device_frame=agg == 'tram'))
         record(name, model, lambda: model(feats, present, pose, link), f'1 frame, K={k}')
 
     print(f'threads={args.threads} warmup={args.warmup} repeats={args.repeats} '
