@@ -34,8 +34,12 @@ def make_fake_model(folder: Path, devices: Sequence[str] = DEVICES, seed: int = 
     if llm:
         save_checkpoint(decoder_dir(folder, 'both', 'llm') / 'checkpoint', {'decoder': build_decoder(recipe, 'llm')},
                         meta)
-    save_checkpoint(stage2_dir(folder, 'both', 'tram') / 'checkpoint', {'aggregator': build_aggregator(recipe, 'tram')},
-                    meta)
+    aggregator = build_aggregator(recipe, 'tram')
+    with torch.no_grad():
+        # An untrained grid head gives every class ~0.2, below any score threshold; a fixed "car"
+        # bias makes the FAKE model report objects so the running graph has tracks to carry.
+        aggregator.head.net[-1].bias[1] += 2.0
+    save_checkpoint(stage2_dir(folder, 'both', 'tram') / 'checkpoint', {'aggregator': aggregator}, meta)
     (folder / 'recipe.json').write_text(json.dumps(recipe.to_dict(), indent=1))
     (folder / 'model.json').write_text(json.dumps({'format': 'disac_ros.model', 'format_version': 1,
                                                    'devices': list(devices), 'shipped_decoder': 'mlp',
