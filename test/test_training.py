@@ -227,3 +227,13 @@ def test_object_class_weights_reach_the_loss():
     crit = GridCriterion(LossConfig(object_class_weights=(1.0, 3.0)),
                          HeadConfig(kind='grid', polar_grid=(4, 8)))
     assert crit.class_weight.tolist() == pytest.approx([0.1, 1.0, 3.0, 1.0, 1.0])
+
+
+def test_resuming_a_finished_run_keeps_its_validation_metrics(splits: Path, tmp_path: Path) -> None:
+    ds = DisacDataset(splits / 'train')
+    val = DisacDataset(splits / 'val')
+    r = tiny_recipe()
+    first = train_stage1(ds, 'dev1', tmp_path, r, val=val, steps=2, show_progress=False)
+    again = train_stage1(ds, 'dev1', tmp_path, r, val=val, steps=2, resume=True,
+                         show_progress=False)
+    assert first['metrics'] and again['metrics'] == pytest.approx(first['metrics'], nan_ok=True)

@@ -236,8 +236,9 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
             common.save_training_checkpoint(ckpt_dir, models, opt, done,
                                             {**meta_base, 'metrics': metrics})
     bar.close()
-    if start >= total:   # nothing left to train: make sure the models are the saved ones
-        common.load_training_checkpoint(ckpt_dir, models, None)
+    if start >= total:   # nothing left to train: the saved models and their metrics stand
+        _, saved = common.load_training_checkpoint(ckpt_dir, models, None)
+        metrics = dict(saved.get('metrics') or {})
     elif val_frames is not None and not metrics:
         metrics = validate(models, val_frames, recipe, criterion, channel)
     rows = log.read()

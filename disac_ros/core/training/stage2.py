@@ -171,8 +171,9 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
             common.save_training_checkpoint(ckpt_dir, {'aggregator': model}, opt, done,
                                             {**meta, 'metrics': metrics})
     bar.close()
-    if start >= total:
-        common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, None)
+    if start >= total:   # nothing left to train: the saved model and its metrics stand
+        _, saved = common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, None)
+        metrics = dict(saved.get('metrics') or {})
     rows = log.read()
     n10 = max(1, len(rows) // 10)
     summary = {'modalities': modalities, 'aggregator': aggregator, 'decoder': decoder_kind,
