@@ -174,3 +174,11 @@ def box_corners_2d(center: Sequence[float], size: Sequence[float], yaw: float) -
     local = np.array([[hx, hy], [-hx, hy], [-hx, -hy], [hx, -hy]])
     rot = np.array([[c, -s], [s, c]])
     return local @ rot.T + np.asarray(center[:2], dtype=np.float64)
+
+
+def to_frame_2d(xy: np.ndarray, x: float, y: float, yaw: float,
+                translate: bool = True) -> np.ndarray:
+    """World (..., 2) points (or vectors, ``translate=False``) into a 2-D frame at (x, y, yaw)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    d = np.asarray(xy) - (np.array([x, y]) if translate else 0.0)
+    return np.stack((c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]), axis=-1)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from disac_ros.core.models.config import HeadConfig
+from disac_ros.core.models.polar_grid import PolarGrid
 
 
 @dataclass
@@ -97,7 +98,6 @@ class GridHead(nn.Module):
 
     def __init__(self, config: HeadConfig | None = None) -> None:
         super().__init__()
-        from disac_ros.core.models.polar_grid import PolarGrid
         self.config = config or HeadConfig(kind='grid')
         c = self.config
         self.grid = PolarGrid(c.polar_grid[0], c.polar_grid[1], c.max_range_m)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F  # noqa: N812
 
+from disac_ros.core.geometry import to_frame_2d
 from disac_ros.core.models.config import HeadConfig, LossConfig
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.polar_grid import PolarGrid
@@ -152,23 +153,18 @@ def grid_assignment(grid: PolarGrid, targets: SetTargets, pose: torch.Tensor | N
     out_b: list[int] = []
     out_q: list[int] = []
     out_t: list[int] = []
-    frames = [(None, 0)] if pose is None else None
     for b in range(cls.shape[0]):
         valid = np.nonzero(cls[b] > 0)[0]
         if valid.size == 0:
             continue
-        views = frames if pose is None else [
+        views = [(None, 0)] if pose is None else [
             (pose[b, k].detach().cpu().numpy().astype(np.float64), k)
             for k in range(pose.shape[1]) if present is None or bool(present[b, k])]
         for p, k in views:
             mine = valid if sensed_np is None or p is None else valid[sensed_np[b, valid, k]]
             if mine.size == 0:
                 continue
-            xy = pos[b, mine]
-            if p is not None:
-                c, s = np.cos(p[2]), np.sin(p[2])
-                d = xy - p[:2]
-                xy = np.stack((c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]), -1)
+            xy = pos[b, mine] if p is None else to_frame_2d(pos[b, mine], p[0], p[1], p[2])
             cell = grid.cell_of(xy)
             dist = np.linalg.norm(xy - grid.centres[np.maximum(cell, 0)], axis=-1)
             taken: dict[int, tuple[float, int]] = {}
@@ -195,7 +191,6 @@ class GridCriterion(nn.Module):
     def __init__(self, loss_cfg: LossConfig | None = None,
                  head_cfg: HeadConfig | None = None) -> None:
         super().__init__()
-        from disac_ros.core.models.polar_grid import PolarGrid
         self.loss_cfg = loss_cfg or LossConfig()
         self.head_cfg = head_cfg or HeadConfig(kind='grid')
         hc = self.head_cfg
@@ -218,15 +213,13 @@ class GridCriterion(nn.Module):
         tgt_cls = torch.zeros(batch, queries, dtype=torch.long, device=device)
         tgt_cls[bi, qi] = targets.classes.to(device)[bi, ti]
         logits = pred.logits.float().reshape(-1, hc.num_classes)
-        per = F.cross_entropy(logits, tgt_cls.reshape(-1), weight=self.class_weight.to(device),
-                              reduction='none')
+        tgt_flat = tgt_cls.reshape(-1)
+        weight = self.class_weight.to(device)
+        per = F.cross_entropy(logits, tgt_flat, weight=weight, reduction='none')
         if present is not None:   # absent devices' cells carry no loss
             keep = present.to(device).repeat_interleave(self.grid.num_cells, dim=1).reshape(-1)
-            per = per[keep]
-            w = self.class_weight.to(device)[tgt_cls.reshape(-1)[keep]]
-        else:
-            w = self.class_weight.to(device)[tgt_cls.reshape(-1)]
-        loss_class = per.sum() / w.sum().clamp_min(1e-6)
+            per, tgt_flat = per[keep], tgt_flat[keep]
+        loss_class = per.sum() / weight[tgt_flat].sum().clamp_min(1e-6)
         n_obj = max(int(qi.numel()), 1)
         pos_err = pred.position[bi, qi].float() - targets.position.to(device)[bi, ti].float()
         vel_err = pred.velocity[bi, qi].float() - targets.velocity.to(device)[bi, ti].float()

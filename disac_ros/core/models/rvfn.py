@@ -77,16 +77,24 @@ class ConvTokenizer(nn.Module):
         self.proj = nn.Linear(channels[-1], dim)
         self.pos = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, gh*gw, dim)."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> CNN feature map (B, C', H', W') (coordinate maps appended first)."""
         if self.coord:
             b, _, h, w = x.shape
             rows = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
             cols = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
             grid = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))   # (2, H, W)
             x = torch.cat((x, grid.expand(b, -1, -1, -1)), dim=1)
-        f = self.pool(self.cnn(x))                      # (B, C', gh, gw)
+        return self.cnn(x)
+
+    def tokens(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Feature map -> (B, gh*gw, dim) pooled tokens with their position embedding."""
+        f = self.pool(fmap)                             # (B, C', gh, gw)
         return self.proj(f.flatten(2).transpose(1, 2)) + self.pos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, gh*gw, dim)."""
+        return self.tokens(self.feature_map(x))
 
 
 class _FFN(nn.Module):
@@ -278,15 +286,8 @@ class _PolarLift(nn.Module):
     def camera(self, vis_net: 'ConvTokenizer', img: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(visual tokens (B, S_vis, D), per-cell camera-ray features (B, G, D))."""
-        x = img
-        if vis_net.coord:
-            b, _, h, w = x.shape
-            rows = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
-            cols = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
-            grid = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))
-            x = torch.cat((x, grid.expand(b, -1, -1, -1)), dim=1)
-        fmap = vis_net.cnn(x)                                             # (B, C, h, w)
-        tokens = vis_net.proj(vis_net.pool(fmap).flatten(2).transpose(1, 2)) + vis_net.pos
+        fmap = vis_net.feature_map(img)                                   # (B, C, h, w)
+        tokens = vis_net.tokens(fmap)
         columns = fmap.amax(dim=2).transpose(1, 2)                        # (B, w, C)
         if self._lift_cols != columns.shape[1]:
             self.lift = self.grid.camera_lift(self.hfov_deg, columns.shape[1]).to(fmap.device)

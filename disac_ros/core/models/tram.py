@@ -152,14 +152,13 @@ class TRAM(nn.Module):
             tokens = self.feat_proj(features.float()).view(b, k, t, d) + self.token_index
         tokens = tokens + per_device.unsqueeze(2)                            # (B, K, T, D)
         absent = ~present
-        if self.grid is not None and c.aggregator == 'mean_pool':
-            # Baseline: no cross-device attention; every cell gets the mean of the present
-            # devices' token summaries, then each device is decoded in its own frame.
-            w = present.float() / present.float().sum(dim=1, keepdim=True)    # (B, K)
-            summary = (tokens.mean(dim=2) * w[..., None]).sum(dim=1)          # (B, D)
-            return self._grid_output(tokens + summary[:, None, None, :], present, pose, w)
         if c.aggregator == 'mean_pool':
             w = present.float() / present.float().sum(dim=1, keepdim=True)    # (B, K)
+            if self.grid is not None:
+                # No cross-device attention: every cell gets the mean of the present devices'
+                # token summaries, then each device is decoded in its own frame.
+                summary = (tokens.mean(dim=2) * w[..., None]).sum(dim=1)      # (B, D)
+                return self._grid_output(tokens + summary[:, None, None, :], present, pose, w)
             memory = (tokens * w[:, :, None, None]).sum(dim=1)                 # (B, T, D)
             context = memory.mean(dim=1)
             return TRAMOutput(self.head(memory, context=context), w)

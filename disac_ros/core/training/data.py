@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from disac_ros.core import rf
 from disac_ros.core.dataset import DeviceView, DisacDataset
 from disac_ros.core.errors import DatasetError
+from disac_ros.core.geometry import to_frame_2d
 from disac_ros.core.models.losses import SetTargets
 from disac_ros.core.rf_config import RadarConfig
 
@@ -39,9 +40,7 @@ def radar_config(ds: DisacDataset) -> RadarConfig:
 
 def rotate_to_frame(xy: np.ndarray, pose: np.ndarray, translate: bool = True) -> np.ndarray:
     """World (..., 2) points (or vectors, translate=False) into a frame with pose (x, y, _, yaw)."""
-    c, s = np.cos(pose[3]), np.sin(pose[3])
-    d = xy - (pose[:2] if translate else 0.0)
-    return np.stack((c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]), axis=-1)
+    return to_frame_2d(xy, pose[0], pose[1], pose[3], translate)
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
