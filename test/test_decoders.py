@@ -103,6 +103,26 @@ def test_llm_decoder_in_fp32_without_autocast_matches_shapes(tiny_llm_dir):
     assert dec(y, snr, dist).shape == (3, 12)
 
 
+def test_llm_decoder_token_readout_keeps_every_symbol_token(tiny_llm_dir):
+    torch.manual_seed(0)
+    pooled = LLMDecoder(_tiny_cfg(tiny_llm_dir), llm=load_causal_lm(tiny_llm_dir))
+    tokens = LLMDecoder(_tiny_cfg(tiny_llm_dir, readout='tokens', readout_width=5),
+                        llm=load_causal_lm(tiny_llm_dir))
+    assert pooled.token_readout is None
+    assert tokens.readout.in_features == (L // 4) * 5     # T tokens x readout_width
+    y, snr, dist = _packets()
+    out = tokens(y, snr, dist)
+    assert out.shape == (3, 12)
+    out.pow(2).sum().backward()
+    assert tokens.token_readout.weight.grad is not None
+    # Only the first token's input changes: the token readout still sees it directly.
+    y2 = y.clone()
+    y2[:, :4] += 0.5
+    assert not torch.allclose(tokens(y2, snr, dist), tokens(y, snr, dist))
+    with pytest.raises(ConfigError, match='llm_decoder.readout'):
+        LLMDecoderConfig(readout='attention')
+
+
 def test_llm_decoder_errors_name_the_field(tiny_llm_dir):
     llm = load_causal_lm(tiny_llm_dir)
     LLMDecoder(_tiny_cfg(tiny_llm_dir), llm=llm)

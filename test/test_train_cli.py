@@ -100,6 +100,12 @@ def test_train_cli_rejects_bad_input_with_clear_messages(
     assert 'stage2.device_dropout' in capsys.readouterr().err
     assert train_cli.main(['decoder', '--out', str(tmp_path / 'empty'), '--quick']) == 2
     assert 'run `disac-train stage1` first' in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--out', str(tmp_path / 'm'), '--quick',
+                           '--batch-size', '0']) == 2
+    assert '--batch-size: must be >= 1' in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--out', str(tmp_path / 'm'), '--quick',
+                           '--torch-device', 'tpu']) == 2
+    assert 'torch_device' in capsys.readouterr().err
 
 
 def test_eval_cli_rejects_a_folder_that_is_not_a_model(tmp_path: Path,

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument('--steps', type=int, help='total steps (override the recipe)')
     dec.add_argument('--max-seconds', type=float,
                      help='wall-clock budget (0 = none); the first of steps/seconds ends it')
+    dec.add_argument('--batch-size', type=int,
+                     help='packets per step (override the recipe; a GPU affords more)')
+    dec.add_argument('--torch-device', default='cpu',
+                     help="where the decoder trains: 'cpu' (default) or 'cuda'; the channel "
+                          "is simulated on the CPU either way")
     s2 = sub.add_parser('stage2', help='train TRAM (or mean-pool) on decoded features only')
     _common(s2)
     s2.add_argument('--aggregator', default='tram', choices=('tram', 'mean_pool'))
@@ -158,9 +163,12 @@ def cmd_stage1(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
 def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Train one decoder; re-pick the shipped decoder."""
     from disac_ros.core.training.decoder import choose_shipped, train_decoder
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f'--batch-size: must be >= 1, got {args.batch_size}')
     s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
                       show_progress=not args.no_progress, steps=args.steps,
-                      max_seconds=args.max_seconds)
+                      max_seconds=args.max_seconds, batch_size=args.batch_size,
+                      torch_device=args.torch_device)
     fields: dict[str, Any] = {'decoders': {f'{args.modalities}/{args.kind}': _brief(s)}}
     if args.modalities == 'both':
         shipped, scores = choose_shipped(args.out)

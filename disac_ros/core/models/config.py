@@ -296,6 +296,9 @@ class MLPDecoderConfig(_Config):
                f'must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}', p)
 
 
+LLM_READOUTS = ('pooled', 'tokens')
+
+
 @dataclass(frozen=True)
 class LLMDecoderConfig(_Config):
     """LLM-based decoder: frozen causal LM + LoRA, symbol tokens and channel-condition tokens."""
@@ -313,13 +316,19 @@ class LLMDecoderConfig(_Config):
     input_scaling: str = 'agc'
     autocast_bf16: bool = True
     backbone_dtype: str = 'bfloat16'     # dtype the frozen backbone is held in
+    # 'pooled': [mean of symbol-token states, last state] -> feature (a 2H bottleneck);
+    # 'tokens': every symbol token's state -> readout_width values, concatenated -> feature.
+    readout: str = 'pooled'
+    readout_width: int = 64
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
         p = prefix
         _check(bool(self.llm), 'llm', 'must name smollm2 or a model folder', p)
+        _check(self.readout in LLM_READOUTS, 'readout',
+               f'must be one of {LLM_READOUTS}, got {self.readout!r}', p)
         for name in ('num_symbols', 'symbols_per_token', 'feature_dim', 'lora_r',
-                     'lora_alpha', 'cond_hidden'):
+                     'lora_alpha', 'cond_hidden', 'readout_width'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1', p)
         _check(self.num_symbols % self.symbols_per_token == 0, 'symbols_per_token',
                f'must divide num_symbols={self.num_symbols}', p)

@@ -12,7 +12,11 @@ Token sequence fed to the backbone as ``inputs_embeds`` (no tokenizer, no LM hea
   every symbol token can attend to them. Off = the ``llm_no_channel_tokens`` ablation;
 * the backbone (e.g. SmolLM2-135M, H = 576) is frozen; LoRA (peft) rank r on the attention
   projections is trainable; the forward runs under bf16 autocast on CPU;
-* readout: [mean of the symbol-token hidden states, last hidden state] -> Linear(2H, F).
+* readout ``pooled``: [mean of the symbol-token hidden states, last hidden state] ->
+  Linear(2H, F). Mean pooling of a shared input projection throws away which token carried
+  what, so almost everything must pass through the last token's H values; readout ``tokens``
+  keeps every symbol token: Linear(H, w) per token, concatenated (T w) -> Linear(T w, F), with
+  about the same number of trainable parameters for w = 64.
 
 Initial scales of the new embeddings match the RMS of the backbone's own token embeddings, so
 the pretrained layers see inputs of a familiar size.
@@ -99,7 +103,12 @@ class LLMDecoder(nn.Module):
         if c.use_channel_tokens:
             self.cond = nn.ModuleList([_ScalarEmbedding(c.cond_hidden, hidden, emb_rms)
                                        for _ in range(2)])
-        self.readout = nn.Linear(2 * hidden, c.feature_dim)
+        self.token_readout: nn.Linear | None = None
+        if c.readout == 'tokens':
+            self.token_readout = nn.Linear(hidden, c.readout_width)
+            self.readout = nn.Linear(self.num_tokens * c.readout_width, c.feature_dim)
+        else:
+            self.readout = nn.Linear(2 * hidden, c.feature_dim)
 
     def train(self, mode: bool = True) -> 'LLMDecoder':
         """Set train mode on the new layers; the frozen backbone always stays in eval mode."""
@@ -133,4 +142,6 @@ class LLMDecoder(nn.Module):
             out = self.backbone(inputs_embeds=tokens.to(dtype), use_cache=False)
         states = out.last_hidden_state.float()
         symbol_states = states[:, -self.num_tokens:]
+        if self.token_readout is not None:
+            return self.readout(self.token_readout(symbol_states).flatten(1))
         return self.readout(torch.cat((symbol_states.mean(dim=1), states[:, -1]), dim=-1))

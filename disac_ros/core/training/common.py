@@ -31,6 +31,37 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
+def torch_device(name: str) -> torch.device:
+    """A torch device from a CLI/recipe name, with a clear error when it is not available."""
+    from disac_ros.core.errors import ConfigError
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError('torch_device', f"{name!r} is not a torch device (use 'cpu' or "
+                          f"'cuda'): {err}") from err
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError('torch_device', f"{name!r}: this machine has no CUDA device "
+                          f"(torch {torch.__version__}); use 'cpu'")
+    if dev.type not in ('cpu', 'cuda'):
+        raise ConfigError('torch_device', f"{name!r}: only 'cpu' and 'cuda' are supported")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    """'cpu' or 'cuda (<GPU name>)' for logs and checkpoint metadata."""
+    if dev.type == 'cuda':
+        return f'cuda ({torch.cuda.get_device_name(dev)})'
+    return 'cpu'
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, dev: torch.device) -> None:
+    """Move an optimizer's state tensors (e.g. Adam moments) to ``dev``."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(dev)
+
+
 def step_rng(seed: int, tag: str, step: int, extra: int = 0) -> np.random.Generator:
     """The numpy Generator of one training step (see module doc)."""
     return np.random.default_rng([int(seed), _TAGS.get(tag, 0), int(step), int(extra)])

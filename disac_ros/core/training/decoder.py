@@ -79,7 +79,9 @@ def decode(decoder: torch.nn.Module, y: torch.Tensor, snr: torch.Tensor, dist: t
            batch_size: int = 256) -> torch.Tensor:
     """Decode in chunks (the LLM decoder is memory-hungry)."""
     decoder.eval()
-    outs = [decoder(y[i:i + batch_size], snr[i:i + batch_size], dist[i:i + batch_size]).float()
+    dev = next(decoder.parameters()).device
+    outs = [decoder(y[i:i + batch_size].to(dev), snr[i:i + batch_size].to(dev),
+                    dist[i:i + batch_size].to(dev)).float().cpu()
             for i in range(0, y.shape[0], batch_size)]
     return torch.cat(outs) if outs else y.new_zeros(0)
 
@@ -111,21 +113,27 @@ def _stack(exports: dict[str, dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
                   modalities: str = 'both', resume: bool = False, show_progress: bool = True,
-                  steps: int | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+                  steps: int | None = None, max_seconds: float | None = None,
+                  batch_size: int | None = None, torch_device: str = 'cpu') -> dict[str, Any]:
     """
     Train one decoder on the stage-1 exports of every device of a variant.
 
     :param steps: total steps (default: recipe.decoder.steps, or llm_steps for LLM kinds).
     :param max_seconds: wall-clock budget of this call (0 = none; default from the recipe).
+    :param batch_size: packets per step (default: the recipe's batch_size / llm_batch_size).
+    :param torch_device: where the decoder runs ('cpu', 'cuda', 'cuda:1'); the channel is
+        always simulated on the CPU with the same seeded noise, so runs on different
+        devices see the same packets.
     :return: summary (steps done, wall time, validation NMSE per condition).
     """
     common.set_threads(recipe.threads)
+    dev = common.torch_device(torch_device)
     rd = recipe.decoder
     is_llm = kind != 'mlp'
     total = int(steps if steps is not None else (rd.llm_steps if is_llm else rd.steps))
     budget = float(max_seconds if max_seconds is not None
                    else (rd.llm_max_seconds if is_llm else rd.max_seconds))
-    batch = rd.llm_batch_size if is_llm else rd.batch_size
+    batch = int(batch_size or (rd.llm_batch_size if is_llm else rd.batch_size))
     train = load_exports(out, modalities, 'train')
     val = load_exports(out, modalities, 'val') or train
     xs, fs = _stack(train)
@@ -135,7 +143,7 @@ def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
     folder = decoder_dir(out, modalities, kind)
     ckpt_dir = folder / 'checkpoint'
     torch.manual_seed(recipe.seed + 7)
-    dec = build_decoder(recipe, kind)
+    dec = build_decoder(recipe, kind).to(dev)
     lora = [p for n, p in dec.named_parameters() if p.requires_grad and 'lora_' in n]
     lora_ids = {id(p) for p in lora}
     other = [p for p in common.trainable(dec) if id(p) not in lora_ids]
@@ -151,7 +159,9 @@ def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
     meta = {'stage': 'decoder', 'kind': kind, 'modalities': modalities,
             'recipe': recipe.to_dict(), 'devices': sorted(train),
             'seeds': {'recipe_seed': recipe.seed}, 'train_packets': int(len(xs)),
-            'val_packets': int(len(vx)), 'budget': {'steps': total, 'max_seconds': budget}}
+            'val_packets': int(len(vx)), 'batch_size': batch,
+            'torch_device': common.device_name(dev),
+            'budget': {'steps': total, 'max_seconds': budget}}
     t0 = time.perf_counter()
     bar = progress(total, start, f'decoder {modalities}/{kind}', show_progress)
     done = start
@@ -165,25 +175,31 @@ def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
         idx = torch.as_tensor(rng.integers(0, len(xs), size=batch))
         cond = common.draw_conditions(rng, batch, recipe.train_channel)
         y = common.send(channel, x_all[idx], cond, common.torch_gen(rng))
-        fhat = dec(y, cond.snr_db, cond.distance_m).float()
-        loss = common.nmse(fhat, f_all[idx])
+        fhat = dec(y.to(dev), cond.snr_db.to(dev), cond.distance_m.to(dev)).float()
+        loss = common.nmse(fhat, f_all[idx].to(dev))
         common.set_lr(opt, step, rd.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, rd.grad_clip)
         opt.step()
         done = step + 1
-        log.write({'step': step, 'loss': loss.item(), 'nmse_db': common.to_db(loss.item()),
+        loss_value = loss.item()
+        log.write({'step': step, 'loss': loss_value, 'nmse_db': common.to_db(loss_value),
                    'elapsed_s': round(log.elapsed(), 2)})
         bar.update(1)
-        bar.set_postfix(nmse_db=f'{common.to_db(loss.item()):.2f}')
+        bar.set_postfix(nmse_db=f'{common.to_db(loss_value):.2f}')
     bar.close()
     wall = time.perf_counter() - t0
     if done == start and start > 0:
         common.load_training_checkpoint(ckpt_dir, {'decoder': dec}, None)
+        dec.to(dev)
     val_nmse = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed)
+    # Checkpoints are always written from the CPU so any machine can load and resume them.
+    dec.cpu()
+    common.optimizer_to(opt, torch.device('cpu'))
     summary = {'kind': kind, 'modalities': modalities, 'steps_done': done,
-               'resumed_from': start, 'wall_s': round(wall, 2),
+               'resumed_from': start, 'wall_s': round(wall, 2), 'batch_size': batch,
+               'torch_device': common.device_name(dev),
                'trainable_params': sum(p.numel() for p in params),
                'val_nmse_db': val_nmse}
     common.save_training_checkpoint(ckpt_dir, {'decoder': dec}, opt, done,
