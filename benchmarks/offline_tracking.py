@@ -1,0 +1,155 @@
+"""Offline fleet tracking: the ROS-free pipeline over a dataset split, scored like a recorded run.
+
+Run: ``python benchmarks/offline_tracking.py --data TEST_SPLIT [--model models/default]
+[--fading rayleigh] [--configs default,...] [--thresholds 0.5 0.6 0.7]``.
+
+Every frame of the split goes through what the fleet does (device RVFN + encoder, the wireless
+channel with the SNR of the path-loss model at each device's distance from the trained receiver
+position, the shipped decoder, TRAM, NMS) once; the detections are cached and replayed through
+:class:`MultiObjectTracker` for every (tracker config, score threshold) pair, and the tracks are
+scored with :func:`score_tracks` (the metrics of ``disac-score-tracks``: MOTA, IDF1,
+tracked_fraction, class accuracy, position RMSE). Same detections for every row, so the rows
+compare tracker settings side by side. The link node's 8-bit re-quantisation, packet loss and
+delays are left out; the first ``--warmup-s`` seconds of each seed are not scored (the ROS
+demo's scorer skips its warm-up the same way).
+
+Named tracker configs (``--configs``): ``default`` (TrackerConfig()), ``fleet`` (the ``tracker:``
+section of config/fleet.yaml when it has one) and any ``key=value;key=value`` override string,
+e.g. ``'min_hits=2;confirm_window=3;max_misses=8'``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+import sys
+import time
+
+# Measure this checkout, not an older copy installed in the colcon workspace.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from disac_ros.core.dataset import DisacDataset  # noqa: E402
+from disac_ros.core.inference import (  # noqa: E402
+    AggregatorPipeline, DevicePipeline, find_model_dir, ReceivedPacket)
+from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
+from disac_ros.core.mot_scoring import (  # noqa: E402
+    GtObject, score_tracks, ScoringFrame, TrackedObject)
+from disac_ros.core.tracking import Detection, MultiObjectTracker, TrackerConfig  # noqa: E402
+
+CACHE_THRESHOLD = 0.3       # detections are cached at this score; rows filter upwards
+
+
+def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: int,
+                 threads: int) -> list[dict]:
+    """Run devices + channel + decoder + TRAM over the split; one record per frame."""
+    ds = DisacDataset(data)
+    devices = [DevicePipeline(model, d, threads=threads) for d in ds.device_ids]
+    agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD)
+    channel = WirelessChannel(agg.channel_config)
+    gen = torch.Generator().manual_seed(seed)
+    ax, ay = agg.info.aggregator_xy
+    n = len(ds) if max_frames <= 0 else min(len(ds), max_frames)
+    out = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        fr = ds.frame(i)
+        packets = []
+        for k, (dev, pipe) in enumerate(zip(ds.device_ids, devices)):
+            rf = fr['rf'][k].astype(np.float32)
+            cube = rf[..., 0] + 1j * rf[..., 1]
+            sym = pipe.run([fr['images'][k]], [cube]).symbols
+            pose = fr['device_pose'][k]
+            dist = max(math.hypot(pose[0] - ax, pose[1] - ay), agg.channel_config.min_distance_m)
+            rx = channel(torch.from_numpy(sym), dist, fading=fading, generator=gen)
+            packets.append(ReceivedPacket(dev, rx.y[0].numpy(), float(rx.snr_db[0]), dist,
+                                          (float(pose[0]), float(pose[1]), float(pose[3]))))
+        res = agg.run([packets])[0]
+        vis = fr['visible_camera'].any(axis=1) | fr['in_rf_range'].any(axis=1)
+        gt = [GtObject(int(fr['seed']) * 100000 + int(fr['object_id'][m]), int(fr['class_id'][m]),
+                       tuple(float(v) for v in fr['position'][m][:2]), bool(vis[m]))
+              for m in range(len(fr['valid'])) if fr['valid'][m]]
+        out.append({'seed': fr['seed'], 'time_s': fr['time_s'], 'gt': gt,
+                    'detections': res.detections})
+        if (i + 1) % 50 == 0:
+            print(f'  {i + 1}/{n} frames, {time.perf_counter() - t0:.0f} s', file=sys.stderr)
+    return out
+
+
+def run_tracker(frames: list[dict], config: TrackerConfig, threshold: float,
+                warmup_s: float) -> dict[str, float]:
+    """Replay cached detections through one tracker config and score the tracks."""
+    tracker = MultiObjectTracker(config)
+    scored: list[ScoringFrame] = []
+    seed = None
+    start = 0.0
+    for fr in frames:
+        if fr['seed'] != seed:
+            seed, start = fr['seed'], fr['time_s']
+            tracker.reset()
+        dets: list[Detection] = [d for d in fr['detections'] if d.confidence >= threshold]
+        tracks = tracker.update(fr['time_s'], dets)
+        if fr['time_s'] - start < warmup_s:
+            continue
+        scored.append(ScoringFrame(fr['time_s'], fr['gt'], [
+            TrackedObject(int(t.id), int(t.class_id), tuple(float(v) for v in t.position[:2]))
+            for t in tracks]))
+    return score_tracks(scored)
+
+
+def parse_config(name: str) -> TrackerConfig:
+    """'default', 'fleet' or 'key=value;...' overrides of the defaults."""
+    if name == 'default':
+        return TrackerConfig()
+    if name == 'fleet':
+        doc = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' / 'fleet.yaml')
+                             .read_text()) or {}
+        return TrackerConfig.from_dict(doc.get('tracker', {}))
+    data = {}
+    for item in filter(None, name.split(';')):
+        key, _, value = item.partition('=')
+        data[key.strip()] = yaml.safe_load(value)
+    return TrackerConfig.from_dict(data)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--data', required=True, help='dataset split (sequential frames per seed)')
+    p.add_argument('--model', default='', help='model folder (default: the shipped model)')
+    p.add_argument('--fading', default='rayleigh', choices=('awgn', 'rayleigh'))
+    p.add_argument('--seed', type=int, default=0, help='channel noise/fading seed')
+    p.add_argument('--max-frames', type=int, default=0, help='0 = the whole split')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--warmup-s', type=float, default=5.0)
+    p.add_argument('--thresholds', type=float, nargs='+', default=[0.5])
+    p.add_argument('--configs', nargs='+', default=['default'])
+    args = p.parse_args()
+    if any(not CACHE_THRESHOLD <= t <= 1.0 for t in args.thresholds):
+        p.error(f'--thresholds must lie in [{CACHE_THRESHOLD}, 1]')
+    try:
+        configs = {c: parse_config(c) for c in args.configs}
+    except Exception as err:  # noqa: BLE001 - a bad override names itself
+        p.error(f'--configs: {err}')
+    model = find_model_dir(args.model)
+    t0 = time.perf_counter()
+    frames = detect_split(Path(args.data), model, args.fading, args.seed, args.max_frames,
+                          args.threads)
+    print(f'{len(frames)} frames through the fleet pipeline in {time.perf_counter() - t0:.0f} s '
+          f'({args.fading}, SNR from distance)')
+    cols = ('tracked_fraction', 'accuracy', 'mota', 'idf1', 'id_switches', 'num_false_positives',
+            'position_rmse_m', 'recall', 'precision')
+    print('| config | threshold | ' + ' | '.join(cols) + ' |')
+    print('|' + '---|' * (len(cols) + 2))
+    for name, cfg in configs.items():
+        for th in args.thresholds:
+            s = run_tracker(frames, cfg, th, args.warmup_s)
+            vals = [f'{s[c]:.3f}' if isinstance(s[c], float) else str(s[c]) for c in cols]
+            print(f'| {name} | {th:g} | ' + ' | '.join(vals) + ' |', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
