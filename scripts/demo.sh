@@ -2,11 +2,13 @@
 # The demo: the whole fleet on the built-in simulator with the shipped model.
 #
 #   bash scripts/demo.sh [--duration S] [--num-devices K] [--model DIR] [--renderer genesis|none]
-#                        [-p NODE.NAME=VALUE ...] [--no-setup]
+#                        [-p NODE.NAME=VALUE ...] [--separate-device-processes] [--no-setup]
 #
 # 1. runs scripts/setup.sh (skipped with --no-setup; it is fast when nothing changed);
 # 2. starts the fleet (world + K device nodes + link + aggregator) with the fallback runner and
 #    an MCAP recorder (tracks, markers, weights, ground truth, tf, camera images) under out/demo/;
+#    the K simulated device nodes share one process (disac_fleet --share-device-process: one
+#    torch start-up instead of K on this small machine) unless --separate-device-processes;
 # 3. prints a live one-line status (devices up, tracks, latency) until --duration S (default 60)
 #    or Ctrl-C;
 # 4. stops everything and prints the tracking score (disac-score-tracks) as JSON.
@@ -23,6 +25,7 @@ MODEL=${DISAC_MODEL_DIR:-$ROOT/models/default}
 RENDERER=genesis
 SETUP=1
 PARAMS=()
+FLEET_OPTS=(--share-device-process)
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -30,8 +33,9 @@ while [ $# -gt 0 ]; do
     --model) MODEL=$2; shift 2 ;;
     --renderer) RENDERER=$2; shift 2 ;;
     -p|--param) PARAMS+=(-p "$2"); shift 2 ;;   # forwarded to disac_fleet, e.g. aggregator.nms_radius_m=2
+    --separate-device-processes) FLEET_OPTS=(); shift ;;
     --no-setup) SETUP=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +66,7 @@ TOPICS="/aggregator/tracks,/aggregator/markers,/aggregator/weights,/world/ground
 for d in "${DEVICES[@]}"; do TOPICS="$TOPICS,/$d/camera/image_raw"; done
 
 log "model $MODEL, $NUM_DEVICES devices, renderer $RENDERER, ROS_DOMAIN_ID=$ROS_DOMAIN_ID; logs in $OUT"
-python -m disac_ros.tools.fleet --config config/fleet.yaml --num-devices "$NUM_DEVICES" \
+python -m disac_ros.tools.fleet --config config/fleet.yaml --num-devices "$NUM_DEVICES" "${FLEET_OPTS[@]}" \
   -p "model_dir=$MODEL" -p "world.renderer=$RENDERER" "${PARAMS[@]}" > "$OUT/fleet.log" 2>&1 &
 FLEET=$!
 python -m disac_ros.nodes.bag_recorder --ros-args -p "output:=$OUT/bag" \

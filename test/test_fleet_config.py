@@ -95,6 +95,38 @@ def test_runner_command_lines_and_params_file(tmp_path):
     assert yaml.safe_load(Path(params).read_text()) == params_file_content(specs)
 
 
+def test_runner_can_host_every_device_node_in_one_process(tmp_path):
+    specs = build_fleet(FUTURE, FleetOptions(num_devices=3, params_files=('/etc/extra.yaml',)))
+    assert [len(m) for _, m in runner.process_groups(specs, False)] == [1] * len(specs)
+    groups = runner.process_groups(specs, True)
+    devices = [s for s in specs if s.executable == 'device_node']
+    assert len(groups) == len(specs) - len(devices) + 1
+    label, members = groups[[g[0] for g in groups].index(runner.DEVICE_GROUP)]
+    assert members == devices
+    params = runner.write_params_file(specs, str(tmp_path))
+    cmd = runner.group_command(members, params, 'warn')
+    assert cmd[:3] == [sys.executable, '-m', 'disac_ros.nodes.device_group']
+    assert cmd[3:9] == ['--member', '/dev0/device_node|semantic/feature:=/link/dev0/in',
+                        '--member', '/dev1/device_node|semantic/feature:=/link/dev1/in',
+                        '--member', '/dev2/device_node|semantic/feature:=/link/dev2/in']
+    assert cmd[9:] == ['--ros-args', '--params-file', params, '--params-file', '/etc/extra.yaml',
+                       '--log-level', 'warn']
+    fleet = runner.Fleet(specs, 'info', share_device_process=True)
+    assert sum('disac_ros.nodes.device_group' in c for c in fleet.commands()) == 1
+
+
+def test_device_group_member_syntax():
+    from disac_ros.nodes.device_group import node_cli_args, parse_member
+    assert parse_member('/dev0/device_node') == ('/dev0', 'device_node', [])
+    ns, name, remaps = parse_member('/a/b/device_node|camera/image_raw:=cam')
+    assert (ns, name, remaps) == ('/a/b', 'device_node', ['camera/image_raw:=cam'])
+    assert node_cli_args(ns, name, remaps) == ['--ros-args', '-r', '__ns:=/a/b', '-r',
+                                               '__node:=device_node', '-r', 'camera/image_raw:=cam']
+    for bad in ('dev0', '/dev0/device_node|nocolon', '/dev0/'):
+        with pytest.raises(ConfigError, match='--member'):
+            parse_member(bad)
+
+
 def test_runner_cli_parses_overrides_and_rejects_bad_ones():
     args = runner.parse_args(['--num-devices', '2', '-p', 'world.rate_hz=2.5', '-p', 'flag=true',
                               '--use-sim-time', 'true'])

@@ -9,7 +9,8 @@ Three runner starts, each shared by several checks:
   aggregator publishing from the others; a restarted device rejoins.
 * ``bag``: the same graph replaying a bag written here (no simulator).
 * ``external``: no world and no link; the test publishes camera, RF and /tf itself; devices sign
-  their features and the aggregator verifies them (an unsigned packet is refused).
+  their features and the aggregator verifies them (an unsigned packet is refused). Here the two
+  device nodes share one process (``--share-device-process``), each with its own parameters.
 
 The model is a FAKE, UNTRAINED one (test/fake_model.py) with a low score threshold, so there are
 detections and tracks to carry; accuracy is measured elsewhere with a trained model.
@@ -287,8 +288,9 @@ def test_external_source_with_signed_features_and_a_test_publisher(tmp_path, fak
         seq[0] += 1
 
     timer = node.create_timer(0.2, publish_sensors)
-    proc = runner(['--num-devices', '2', '--source', 'external', '-p', f'shared_secret={SECRET}',
-                   '-p', 'aggregator.verify_auth=true'], domain, tmp_path / 'fleet.log', fake_model)
+    proc = runner(['--num-devices', '2', '--source', 'external', '--share-device-process',
+                   '-p', f'shared_secret={SECRET}', '-p', 'aggregator.verify_auth=true'],
+                  domain, tmp_path / 'fleet.log', fake_model)
     try:
         assert obs.wait_until(lambda: weight_devices(obs, 0) == set(devices) or proc.proc.poll() is not None,
                               START_TIMEOUT_S), proc.tail()

@@ -36,6 +36,20 @@ def test_device_pipeline_outputs_power_normalised_symbols_batched(fake_model):
     np.testing.assert_allclose(one.symbols[0], batch.symbols[1], atol=1e-5)
 
 
+def test_warm_up_runs_once_and_leaves_results_unchanged(fake_model):
+    dev = DevicePipeline(fake_model, 'dev1', threads=1)
+    image, cube = frame(7)
+    before = dev.run([image], [cube]).symbols
+    assert dev.warm_up(cube_shape=cube.shape) > 0.0
+    np.testing.assert_array_equal(dev.run([image], [cube]).symbols, before)
+    agg = AggregatorPipeline(fake_model, threads=1)
+    packet = ReceivedPacket('dev1', before[0], 10.0, 100.0, (0.0, 0.0, 0.0))
+    first = agg.run([[packet]])[0]
+    assert agg.warm_up() > 0.0
+    again = agg.run([[packet]])[0]
+    assert len(again.detections) == len(first.detections) and again.weights == first.weights
+
+
 def test_device_pipeline_rejects_bad_input_and_unknown_devices(fake_model):
     dev = DevicePipeline(fake_model, 'dev0')
     image, cube = frame(0)

@@ -51,6 +51,8 @@ from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
 
 PARAMS = (
+    Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '
+                           'group is not slowed by first-call costs'),
     Param('device_ids', ['dev0', 'dev1', 'dev2', 'dev3'], 'accepted devices (features of others are dropped)'),
     Param('input_topic', 'link/feature',
           'per-device feature topic under /<device_id>/: link/feature behind link_node, '
@@ -181,10 +183,11 @@ class AggregatorNode(Node):
         return pipeline
 
     def _on_model_loaded(self, pipeline: AggregatorPipeline, model_dir: Path, load_s: float) -> None:
+        warm = pipeline.warm_up() if self.cfg['warm_up'] else 0.0
         self.pipeline = pipeline
         self.diag.set('decoder', pipeline.decoder_kind)
         self.get_logger().info(f'loaded {pipeline.decoder_kind} decoder + TRAM from {model_dir} '
-                               f'in {load_s:.2f} s')
+                               f'in {load_s:.2f} s{f" (+{warm:.2f} s warm-up)" if warm else ""}')
 
     def _warning(self, values: dict) -> str | None:
         if self.model.error:

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 import sys
 import time
+from typing import Any
 
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -49,6 +50,8 @@ PARAMS = (
     Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
     Param('model_device_id', '', "use this device's stage-1 weights (empty = device_id)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
+    Param('warm_up', True, 'run the model once on a blank frame after loading, so the first real '
+                           'frame is not slowed by first-call costs'),
     Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0),
     Param('sensor_qos', 'sensor_data', 'QoS of the camera and RF subscriptions', choices=('sensor_data', 'reliable')),
     Param('lifespan_s', 1.0, 'lifespan of published features (s); 0 = infinite', minimum=0.0),
@@ -67,8 +70,9 @@ PARAMS = (
 class DeviceNode(Node):
     """Pairs camera + RF frames, encodes them, publishes SemanticFeature (see module doc)."""
 
-    def __init__(self) -> None:
-        super().__init__('device_node')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node, e.g. ``cli_args`` for a node sharing a process."""
+        super().__init__('device_node', **node_kwargs)
         cfg = declare_params(self, PARAMS)
         self.cfg = cfg
         self.device_id = cfg['device_id']
@@ -122,8 +126,10 @@ class DeviceNode(Node):
                               model_device_id=self.cfg['model_device_id'])
 
     def _on_model_loaded(self, pipeline: DevicePipeline, model_dir: Path, load_s: float) -> None:
+        warm = pipeline.warm_up() if self.cfg['warm_up'] else 0.0
         self.pipeline = pipeline
-        self.get_logger().info(f'loaded device models from {model_dir} in {load_s:.2f} s')
+        self.get_logger().info(f'loaded device models from {model_dir} in {load_s:.2f} s'
+                               f'{f" (+{warm:.2f} s warm-up)" if warm else ""}')
 
 
     def _on_image(self, msg: Image) -> None:

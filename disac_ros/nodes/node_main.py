@@ -22,12 +22,25 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def run_node(factory: Callable[[], N], spin: Callable[[N], int | None] | None = None,
              args: list[str] | None = None, name: str = 'node') -> int:
     """Create the node with ``factory`` and run ``spin(node)`` (default ``rclpy.spin``)."""
+    def build(nodes: list[Node]) -> None:
+        nodes.append(factory())
+
+    def spin_all(nodes: list[Node]) -> int | None:
+        return (spin or rclpy.spin)(nodes[0])
+    return run_nodes(build, spin_all, args=args, name=name)
+
+
+def run_nodes(build: Callable[[list[Node]], None],
+              spin: Callable[[list[Node]], int | None], args: list[str] | None = None,
+              name: str = 'node') -> int:
+    """Run several nodes in one process: ``build`` appends them to a list (so the ones already
+    built are cleaned up when a later one fails), ``spin`` runs them."""
     rclpy.init(args=args)
-    node: N | None = None
+    nodes: list[Node] = []
     code = EXIT_OK
     try:
-        node = factory()
-        code = (spin or rclpy.spin)(node) or EXIT_OK
+        build(nodes)
+        code = spin(nodes) or EXIT_OK
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as exc:
@@ -41,7 +54,7 @@ def run_node(factory: Callable[[], N], spin: Callable[[N], int | None] | None = 
             raise              # a real failure: traceback and exit 1
         # The context was shut down by a signal while a callback was publishing: a clean stop.
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             close = getattr(node, 'close', None)
             # Destroy first: afterwards log lines go to the console only, not to the /rosout of a
             # context a signal may already have shut down. ``close`` must not use the node.
