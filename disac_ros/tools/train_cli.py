@@ -204,6 +204,10 @@ def _brief(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k != 'metrics'} | {'metrics': s.get('metrics')}
 
 
+# What `all` passes to cmd_decoder for the decoder-only flags (recipe budgets, on the CPU).
+_DECODER_DEFAULTS = {'steps': None, 'max_seconds': None, 'batch_size': None, 'torch_device': 'cpu'}
+
+
 def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Every stage in order, with a time summary."""
     train = _open(args.data)
@@ -223,10 +227,10 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
                                                      'steps': None})
     for kind in recipe.decoder.kinds:
         run(f'decoder both/{kind}', cmd_decoder, {'kind': kind, 'modalities': 'both',
-                                                  'steps': None, 'max_seconds': None})
+                                                  **_DECODER_DEFAULTS})
     for mod in variants[1:]:
         run(f'decoder {mod}/mlp', cmd_decoder, {'kind': 'mlp', 'modalities': mod,
-                                                'steps': None, 'max_seconds': None})
+                                                **_DECODER_DEFAULTS})
     aggs = [('both', 'tram')] + [('both', 'mean_pool')] * ('mean_pool' in recipe.baselines) \
         + [(m, 'tram') for m in variants[1:]]
     for mod, agg in aggs:
