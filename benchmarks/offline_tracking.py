@@ -1,7 +1,7 @@
 """Offline fleet tracking: the ROS-free pipeline over a dataset split, scored like a recorded run.
 
 Run: ``python benchmarks/offline_tracking.py --data TEST_SPLIT [--model models/default]
-[--fading rayleigh] [--configs default,...] [--thresholds 0.5 0.6 0.7]``.
+[--fading rayleigh] [--configs default ...] [--thresholds 0.5 0.6 0.7]``.
 
 Every frame of the split goes through what the fleet does (device RVFN + encoder, the wireless
 channel with the SNR of the path-loss model at each device's distance from the trained receiver
@@ -118,7 +118,8 @@ def parse_config(name: str) -> TrackerConfig:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', required=True, help='dataset split (sequential frames per seed)')
-    p.add_argument('--model', default='', help='model folder (default: the shipped model)')
+    p.add_argument('--model', default=str(Path(__file__).resolve().parents[1] / 'models' / 'default'),
+                   help="model folder (default: this checkout's models/default)")
     p.add_argument('--fading', default='rayleigh', choices=('awgn', 'rayleigh'))
     p.add_argument('--seed', type=int, default=0, help='channel noise/fading seed')
     p.add_argument('--max-frames', type=int, default=0, help='0 = the whole split')
