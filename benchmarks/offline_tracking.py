@@ -44,11 +44,12 @@ CACHE_THRESHOLD = 0.3       # detections are cached at this score; rows filter u
 
 
 def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: int,
-                 threads: int) -> list[dict]:
+                 threads: int, nms_radius_m: float = 1.5) -> list[dict]:
     """Run devices + channel + decoder + TRAM over the split; one record per frame."""
     ds = DisacDataset(data)
     devices = [DevicePipeline(model, d, threads=threads) for d in ds.device_ids]
-    agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD)
+    agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD,
+                             nms_radius_m=nms_radius_m)
     channel = WirelessChannel(agg.channel_config)
     gen = torch.Generator().manual_seed(seed)
     ax, ay = agg.info.aggregator_xy
@@ -125,6 +126,8 @@ def main() -> int:
     p.add_argument('--max-frames', type=int, default=0, help='0 = the whole split')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--warmup-s', type=float, default=5.0)
+    p.add_argument('--nms-radius', type=float, default=1.5,
+                   help="the aggregator's nms_radius_m (m; 0 = off)")
     p.add_argument('--thresholds', type=float, nargs='+', default=[0.5])
     p.add_argument('--configs', nargs='+', default=['default'])
     args = p.parse_args()
@@ -137,9 +140,9 @@ def main() -> int:
     model = find_model_dir(args.model)
     t0 = time.perf_counter()
     frames = detect_split(Path(args.data), model, args.fading, args.seed, args.max_frames,
-                          args.threads)
+                          args.threads, args.nms_radius)
     print(f'{len(frames)} frames through the fleet pipeline in {time.perf_counter() - t0:.0f} s '
-          f'({args.fading}, SNR from distance)')
+          f'({args.fading}, SNR from distance, NMS {args.nms_radius:g} m)')
     cols = ('tracked_fraction', 'accuracy', 'mota', 'idf1', 'id_switches', 'num_false_positives',
             'position_rmse_m', 'recall', 'precision')
     print('| config | threshold | ' + ' | '.join(cols) + ' |')
