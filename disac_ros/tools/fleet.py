@@ -5,7 +5,8 @@ same function as ``launch/fleet.launch.py`` (``disac_ros.core.fleet_config.build
 each node as ``<this python> -m <module> --ros-args -r __node:=<name> -r __ns:=<ns>
 --params-file <generated> [--params-file <yours>] --log-level <level>``, prefixes each child's
 output with ``[<node>]``, forwards SIGINT/SIGTERM, restarts nothing, and exits 0 after a clean stop
-(1 if a child failed, 2 on a configuration error).
+(1 if a child failed, 2 on a configuration error). ``--share-device-process`` starts every device
+node in one process instead (``disac_ros.nodes.device_group``), the rest unchanged.
 """
 from __future__ import annotations
 
@@ -209,8 +210,8 @@ class Fleet:
 
     def commands(self) -> list[list[str]]:
         """The argv of every process, in start order."""
-        return [child_command(label, self.params_file, self.log_level) if len(members) == 1
-                and label is members[0] else group_command(members, self.params_file, self.log_level)
+        return [group_command(members, self.params_file, self.log_level) if label is DEVICE_GROUP
+                else child_command(label, self.params_file, self.log_level)
                 for label, members in self.groups]
 
     def log(self, text: str) -> None:
