@@ -113,3 +113,20 @@ def test_eval_cli_rejects_a_folder_that_is_not_a_model(tmp_path: Path,
     assert eval_cli.main(['--checkpoint', str(tmp_path), '--out', str(tmp_path / 'o'),
                           '--data', str(tmp_path)]) == 2
     assert 'not a disac-train model folder' in capsys.readouterr().err
+
+
+def _update(args: tuple[str, int]) -> None:
+    folder, i = args
+    for k in range(20):
+        train_cli.update_model_json(Path(folder), stage1={f'both/dev{i}_{k}': {'steps': k}})
+
+
+def test_jobs_running_at_once_keep_every_model_json_entry(tmp_path: Path) -> None:
+    """Stage-1 jobs of several devices finish at once on one folder: no entry may be lost and
+    no reader may see a half-written file (the bug: a decoder job read an empty recipe.json)."""
+    import multiprocessing as mp
+    with mp.get_context('fork').Pool(4) as pool:
+        pool.map(_update, [(str(tmp_path), i) for i in range(4)])
+    data = json.loads((tmp_path / 'model.json').read_text())
+    assert len(data['stage1']) == 4 * 20
+    assert not list(tmp_path.glob('*.tmp'))

@@ -116,23 +116,25 @@ def resolve_recipe(args: argparse.Namespace) -> Any:
         recipe = replace(recipe, llm=args.llm)
     if args.threads:
         recipe = replace(recipe, threads=args.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RECIPE_JSON).write_text(json.dumps(recipe.to_dict(), indent=1))
+    from disac_ros.core.training.common import write_json
+    # Atomic: stage-1 jobs of several devices start at once on the same folder.
+    write_json(out / RECIPE_JSON, recipe.to_dict(), sort_keys=False)
     return recipe
 
 
 def update_model_json(out: Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into OUT/model.json (the top-level description of a model folder)."""
-    from disac_ros.core.training.common import write_json
+    from disac_ros.core.training.common import folder_lock, write_json
     path = out / MODEL_JSON
-    data = json.loads(path.read_text()) if path.is_file() else {
-        'format': 'disac_ros.model', 'format_version': 1}
-    for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    write_json(path, data)
+    with folder_lock(out):       # several jobs (one per device) may finish at the same time
+        data = json.loads(path.read_text()) if path.is_file() else {
+            'format': 'disac_ros.model', 'format_version': 1}
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        write_json(path, data)
     return data
 
 

@@ -6,12 +6,15 @@ and channel draws an uninterrupted run would have seen, without saving RNG state
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+import tempfile
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -208,13 +211,34 @@ def resolve_llm_source(source: str) -> str:
     return str(folder)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
+    """Write JSON atomically (a temp file of this process + rename), so jobs running at once
+    on one model folder never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(json.dumps(data, indent=1, sort_keys=sort_keys, default=_json_default))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def folder_lock(folder: str | Path, name: str = '.disac.lock') -> Iterator[None]:
+    """Exclusive lock (flock) on a file in ``folder``: serialises read-modify-write of shared
+    files such as model.json between training jobs that run at once (one per device)."""
+    import fcntl
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _json_default(o: Any) -> Any:
