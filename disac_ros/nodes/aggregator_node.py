@@ -51,8 +51,6 @@ from disac_ros.nodes.params import Param, declare_params
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
 
 PARAMS = (
-    Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '
-                           'group is not slowed by first-call costs'),
     Param('device_ids', ['dev0', 'dev1', 'dev2', 'dev3'], 'accepted devices (features of others are dropped)'),
     Param('input_topic', 'link/feature',
           'per-device feature topic under /<device_id>/: link/feature behind link_node, '
@@ -67,6 +65,8 @@ PARAMS = (
           choices=('shipped', 'mlp', 'llm', 'llm_no_channel_tokens')),
     Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
+    Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '
+                           'group is not slowed by first-call costs'),
     Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection',
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
     Param('nms_radius_m', 1.5, 'detections closer than this (any class) are merged into the most '

@@ -229,7 +229,7 @@ class Fleet:
         try:
             for (label, members), argv in zip(self.groups, self.commands()):
                 self.children.append(Child(label, argv, env, self.out))
-                hosted = '' if members == [label] else f' hosting {", ".join(m.fqn for m in members)}'
+                hosted = f' hosting {", ".join(m.fqn for m in members)}' if label is DEVICE_GROUP else ''
                 self.log(f'started {label.fqn}{hosted} (pid {self.children[-1].proc.pid})')
             while not self._stop.is_set():
                 self._report_exits(stopping=False)

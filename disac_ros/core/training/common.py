@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from disac_ros.core.errors import ConfigError
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from disac_ros.core.training.recipes import ChannelRange
@@ -36,7 +37,6 @@ def set_threads(n: int) -> None:
 
 def torch_device(name: str) -> torch.device:
     """A torch device from a CLI/recipe name, with a clear error when it is not available."""
-    from disac_ros.core.errors import ConfigError
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as err:

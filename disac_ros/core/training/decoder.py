@@ -192,7 +192,6 @@ def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
     wall = time.perf_counter() - t0
     if done == start and start > 0:
         common.load_training_checkpoint(ckpt_dir, {'decoder': dec}, None)
-        dec.to(dev)
     val_nmse = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed)
     # Checkpoints are always written from the CPU so any machine can load and resume them.
     dec.cpu()
