@@ -221,6 +221,35 @@ def test_cosine_schedule_warms_up_then_decays_to_five_percent():
     assert lrs[-1] == pytest.approx(0.05, abs=0.01)
 
 
+def test_wsd_schedule_is_constant_then_decays_over_the_last_steps():
+    from disac_ros.core.training import common
+
+    def lrs(total: int) -> list[float]:
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        out = []
+        for step in range(total):
+            common.set_lr(opt, step, 10, total, 'wsd', decay_steps=20)
+            out.append(opt.param_groups[0]['lr'])
+        return out
+
+    short, long_ = lrs(60), lrs(100)
+    assert short[9] == pytest.approx(1.0) and short[39] == pytest.approx(1.0)
+    assert short[40] < 1.0 and short[-1] == pytest.approx(0.02)
+    assert all(a >= b for a, b in zip(short[40:], short[41:]))
+    # a longer run is the same until its own decay: resuming with more steps is exact
+    assert long_[:40] == short[:40] and long_[79] == pytest.approx(1.0)
+    assert long_[-1] == pytest.approx(0.02)
+
+
+def test_wsd_schedule_needs_decay_steps():
+    from disac_ros.core.training.recipes import ConfigError, Stage1Recipe, Stage2Recipe
+    with pytest.raises(ConfigError, match='decay_steps'):
+        Stage1Recipe(lr_schedule='wsd', decay_steps=0)
+    with pytest.raises(ConfigError, match='lr_schedule'):
+        Stage2Recipe(lr_schedule='linear')
+
+
 def test_object_class_weights_reach_the_loss():
     from disac_ros.core.models.config import HeadConfig, LossConfig
     from disac_ros.core.models.losses import GridCriterion

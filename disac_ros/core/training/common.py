@@ -127,13 +127,22 @@ def make_optimizer(groups: Iterable[Mapping[str, Any]],
 
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, warmup: int, total: int = 0,
-           schedule: str = 'constant') -> None:
-    """Linear warm-up to each group's 'base_lr', then constant, or (``schedule='cosine'``)
-    a cosine decay to 5 % of it at step ``total``."""
+           schedule: str = 'constant', decay_steps: int = 0) -> None:
+    """Linear warm-up to each group's 'base_lr', then one of:
+
+    * ``'constant'``;
+    * ``'cosine'``: a cosine decay to 5 % at step ``total``;
+    * ``'wsd'`` (warm-up, stable, decay): constant, then over the last ``decay_steps`` steps a
+      linear decay to 2 % at step ``total``. Steps before the decay do not depend on ``total``,
+      so a run can be continued with ``--resume --steps`` and still end with its decay.
+    """
     scale = min(1.0, (step + 1) / max(1, warmup))
     if schedule == 'cosine' and total > warmup and step >= warmup:
         t = min(1.0, (step - warmup) / max(1, total - warmup))
         scale = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+    elif schedule == 'wsd' and decay_steps > 0 and step >= max(warmup, total - decay_steps):
+        t = min(1.0, (step - (total - decay_steps) + 1) / decay_steps)
+        scale = 1.0 - 0.98 * t
     for g in optimizer.param_groups:
         g.setdefault('base_lr', g['lr'])
         g['lr'] = g['base_lr'] * scale

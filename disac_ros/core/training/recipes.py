@@ -80,6 +80,14 @@ class ChannelRange:
         _check(0.0 <= self.rayleigh_fraction <= 1.0, 'rayleigh_fraction', 'must be in [0, 1]')
 
 
+def _check_schedule(schedule: str, decay_steps: int) -> None:
+    _check(schedule in ('constant', 'cosine', 'wsd'), 'lr_schedule',
+           "must be 'constant', 'cosine' or 'wsd'")
+    _check(decay_steps >= 0, 'decay_steps', 'must be >= 0')
+    _check(schedule != 'wsd' or decay_steps >= 1, 'decay_steps',
+           "must be >= 1 with lr_schedule 'wsd'")
+
+
 @dataclass(frozen=True)
 class Stage1Recipe:
     """Per-device training: LocalDetector + encoder + a proxy decoder/head over the channel."""
@@ -97,12 +105,17 @@ class Stage1Recipe:
     proxy_decoder_hidden: int = 256
     eval_every: int = 200
     checkpoint_every: int = 200
+    # after warm-up: 'constant', 'cosine' (to 5 % at the end) or 'wsd' (constant, then a linear
+    # decay to 2 % over the last decay_steps; resumable to more steps, see common.set_lr)
+    lr_schedule: str = 'constant'
+    decay_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every',
                      'proxy_decoder_hidden'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         _check(self.lr > 0, 'lr', 'must be > 0')
+        _check_schedule(self.lr_schedule, self.decay_steps)
         _check(0.0 <= self.mirror_augment <= 1.0, 'mirror_augment', 'must be in [0, 1]')
 
 
@@ -146,7 +159,8 @@ class Stage2Recipe:
     device_dropout: float = 0.3       # each device absent with this probability (>= 1 kept)
     eval_every: int = 500
     checkpoint_every: int = 500
-    lr_schedule: str = 'constant'     # after warm-up: 'constant' or 'cosine' (to 5 % at the end)
+    lr_schedule: str = 'constant'     # after warm-up: 'constant', 'cosine' or 'wsd' (as stage 1)
+    decay_steps: int = 0              # length of the 'wsd' decay
     # Grid heads: which devices are trained to report an object. 'covering': every present
     # device whose grid contains it; 'sensing': only those whose own camera or radar perceives
     # it (the others need not guess, which keeps them from hallucinating).
@@ -158,8 +172,7 @@ class Stage2Recipe:
         _check(0.0 <= self.device_dropout < 1.0, 'device_dropout', 'must be in [0, 1)')
         _check(self.assign_to in ('covering', 'sensing'), 'assign_to',
                "must be 'covering' or 'sensing'")
-        _check(self.lr_schedule in ('constant', 'cosine'), 'lr_schedule',
-               "must be 'constant' or 'cosine'")
+        _check_schedule(self.lr_schedule, self.decay_steps)
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
         l_rec = common.nmse(fhat, fused.feature.detach())
         loss = (r1.local_head_weight * l_local['loss'] + r1.proxy_head_weight * l_proxy['loss']
                 + r1.reconstruction_weight * l_rec)
-        common.set_lr(opt, step, r1.warmup_steps)
+        common.set_lr(opt, step, r1.warmup_steps, total, r1.lr_schedule, r1.decay_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, r1.grad_clip)

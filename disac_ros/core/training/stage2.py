@@ -151,7 +151,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
         loss_d = criterion(out_.prediction, targets, pose=fleet.pose[idx], present=present_t,
                            sensed=sensed)
         loss = loss_d['loss']
-        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule)
+        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
