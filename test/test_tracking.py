@@ -302,3 +302,37 @@ def test_duplicate_detection_of_confirmed_track_starts_no_new_track():
     trk2 = MultiObjectTracker(TrackerConfig(min_hits=1, suppress_birth_in_gate=False))
     run_targets(trk2, [(0.0, 0.0)], [(0.0, 0.0)], [CAR], 10)
     assert len(trk2.update(1.0, [det((0.2, 0.0)), det((-0.3, 0.1))])) == 2
+
+
+def test_merge_radius_coalesces_one_object_reported_twice():
+    # Two devices report one object 1.5 m apart with different classes, every update: without
+    # merging that is two confirmed tracks; with merge_radius_m = 2 the younger one is dropped
+    # and no new track is born next to the survivor.
+    def feed(cfg):
+        trk = MultiObjectTracker(cfg)
+        outs = []
+        for k in range(20):
+            t = k * DT
+            dets = [det((0.0, 0.0), CAR)]
+            if k >= 3:
+                dets.append(det((1.5, 0.0), TRUCK))
+            outs.append(trk.update(t, dets))
+        return trk, outs
+
+    _, outs = feed(TrackerConfig(min_hits=2))
+    assert len(outs[-1]) == 2
+    trk, outs = feed(TrackerConfig(min_hits=2, merge_radius_m=2.0))
+    assert [t.id for t in outs[-1]] == [1] and trk.stats.tracks_born == 1
+    # Confirmed tracks farther apart than the radius are left alone; once one of them comes
+    # within the radius of a track with more hits, it is deleted.
+    trk = MultiObjectTracker(TrackerConfig(min_hits=2, merge_radius_m=2.0))
+    run_targets(trk, [(0.0, 0.0)], [(0.0, 0.0)], [CAR], 3)
+    outs = run_targets(trk, [(0.0, 0.0), (3.3, 0.0)], [(0.0, 0.0), (-1.0, 0.0)], [CAR, TRUCK],
+                       20, t0=0.3)
+    assert [t.id for t in outs[5]] == [1, 2]                 # 2.7 m apart
+    assert [t.id for t in outs[-1]] == [1] and trk.stats.tracks_deleted == 1   # 1.4 m apart
+
+
+def test_merge_radius_is_validated():
+    with pytest.raises(ConfigError, match='merge_radius_m'):
+        TrackerConfig(merge_radius_m=-1.0)

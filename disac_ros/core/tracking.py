@@ -179,6 +179,10 @@ class TrackerConfig:
     # (Bhattacharyya coefficient >= 0.5) starts no new track: it is most likely a duplicate
     # of that object, e.g. seen by two devices.
     suppress_birth_in_gate: bool = True
+    # Track coalescence: a confirmed track closer than this to a confirmed track with more hits
+    # is deleted, and no track is born this close to a confirmed one, whatever the classes (two
+    # devices may disagree on the class of one object). 0 = off.
+    merge_radius_m: float = 0.0
     output_tentative: bool = False      # update() also returns tentative tracks
 
     def __post_init__(self) -> None:
@@ -204,6 +208,7 @@ class TrackerConfig:
         _check_number('false_alarm_probability', self.false_alarm_probability, low=0.0,
                       high=1.0, low_open=True, high_open=True)
         _check_number('birth_min_confidence', self.birth_min_confidence, low=0.0, high=1.0)
+        _check_number('merge_radius_m', self.merge_radius_m, low=0.0)
         for name in ('suppress_birth_in_gate', 'output_tentative'):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f'tracker.{name}', f'must be true or false, '
@@ -370,15 +375,40 @@ class MultiObjectTracker:
         # track list has not changed since the costs were computed, so indices still match.
         confirmed = np.array([tr.state is TrackState.CONFIRMED for tr in self._tracks], bool)
         duplicate = gated & (similarity >= 0.5) & confirmed[:, None]
+        radius = self.config.merge_radius_m
+        anchors = np.array([tr.x[:2] for tr, c in zip(self._tracks, confirmed) if c]).reshape(-1, 2)
         for j, m in enumerate(meas):
             if j in assigned_meas or m.confidence < self.config.birth_min_confidence:
                 continue
             if self.config.suppress_birth_in_gate and np.any(duplicate[:, j]):
                 continue
+            if radius > 0 and len(anchors) and \
+                    float(np.min(np.hypot(*(anchors - m.z[:2]).T))) < radius:
+                continue
             self._birth(m, t)
 
         self._life_cycle(t)
+        if radius > 0:
+            self._merge_close_tracks(radius)
         return self.tracks()
+
+    def _merge_close_tracks(self, radius: float) -> None:
+        """Delete confirmed tracks within ``radius`` of a confirmed track with more hits (then
+        the older one): one object reported twice, e.g. by two devices a few metres apart."""
+        order = sorted((tr for tr in self._tracks if tr.state is TrackState.CONFIRMED),
+                       key=lambda tr: (-tr.hits, tr.id))
+        kept: list[np.ndarray] = []
+        dropped: set[int] = set()
+        for tr in order:
+            if kept and float(np.min(np.hypot(*(np.array(kept) - tr.x[:2]).T))) < radius:
+                dropped.add(tr.id)
+                tr.state = TrackState.DELETED
+                self._stats.tracks_deleted += 1
+                self._last_deleted.append(tr.id)
+            else:
+                kept.append(tr.x[:2])
+        if dropped:
+            self._tracks = [tr for tr in self._tracks if tr.id not in dropped]
 
     # ---- steps ----------------------------------------------------------------------------
 

@@ -83,6 +83,9 @@ PARAMS = (
     Param('tracker_file', '', 'YAML with a tracker: section (TrackerConfig); empty = defaults'),
     Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100),
     Param('tracker_max_age_s', 0.0, 'override tracker max_age_s (0 = keep)', minimum=0.0),
+    Param('tracker_merge_radius_m', 0.0, 'override tracker merge_radius_m: a confirmed track this '
+          'close to one with more hits is dropped, none is born this close (0 = keep; fewer '
+          'duplicate tracks, fewer tracked objects)', minimum=0.0),
     Param('process_period_s', 0.02, 'how often ready groups are fused (s)', minimum=0.001),
 )
 
@@ -171,6 +174,8 @@ class AggregatorNode(Node):
             data['confirm_window'] = max(int(data.get('confirm_window', 5)), self.cfg['tracker_min_hits'])
         if self.cfg['tracker_max_age_s']:
             data['max_age_s'] = self.cfg['tracker_max_age_s']
+        if self.cfg['tracker_merge_radius_m']:
+            data['merge_radius_m'] = self.cfg['tracker_merge_radius_m']
         return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
 
     def _build_pipeline(self, model_dir: Path) -> AggregatorPipeline:
