@@ -318,3 +318,29 @@ def test_external_source_with_signed_features_and_a_test_publisher(tmp_path, fak
         if proc.proc.poll() is None:
             proc.kill()
         obs.close()
+
+
+# ------------------------------------------------------------------------------- hang diagnosis
+
+def test_a_node_prints_its_python_stacks_on_sigusr1(tmp_path):
+    # How a node that hangs on SIGINT is diagnosed: disac_fleet sends SIGUSR1 before SIGTERM.
+    code = ('import time\n'
+            'from disac_ros.nodes.node_main import run_nodes\n'
+            'def spin(nodes):\n'
+            '    print("spinning", flush=True)\n'
+            '    time.sleep(60)\n'
+            'run_nodes(lambda nodes: None, spin, name="sleeper")\n')
+    proc = Proc([sys.executable, '-c', code], ros_env(new_domain_id()), tmp_path / 'node.log')
+    try:
+        deadline = time.monotonic() + 60
+        while 'spinning' not in proc.tail() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 'spinning' in proc.tail(), proc.tail()
+        proc.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while 'in spin' not in proc.tail() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 'most recent call first' in proc.tail() and 'in spin' in proc.tail(), proc.tail()
+        assert proc.proc.poll() is None                      # the dump does not stop the node
+    finally:
+        proc.kill()

@@ -6,6 +6,8 @@ context down raises an rclpy error; that is part of a clean stop, not a failure.
 """
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 from typing import Callable, TypeVar
 
@@ -36,6 +38,10 @@ def run_nodes(build: Callable[[list[Node]], None],
     """Run several nodes in one process: ``build`` appends them to a list (so the ones already
     built are cleaned up when a later one fails), ``spin`` runs them."""
     rclpy.init(args=args)
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: how to see where a node
+    # hangs (disac_fleet sends it to a node that ignores SIGINT before escalating).
+    if hasattr(signal, 'SIGUSR1'):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     nodes: list[Node] = []
     code = EXIT_OK
     try:

@@ -251,6 +251,14 @@ class Fleet:
                 how = f'signal {signal.Signals(-rc).name}' if rc < 0 else f'code {rc}'
                 self.log(f'{c.spec.fqn} exited with {how}' + ('' if stopping else ' (not restarted)'))
 
+    def _dump_stacks(self, children: Sequence[Child]) -> None:
+        """Ask nodes that ignored SIGINT for their Python stacks (node_main registers SIGUSR1
+        with faulthandler), so the log shows where they hang."""
+        for c in children:
+            self.log(f'{c.spec.fqn} did not stop on SIGINT; its Python stacks follow')
+            c.signal(signal.SIGUSR1)
+        time.sleep(1.0)
+
     def _shutdown(self, stop_timeout: float) -> bool:
         """SIGINT every running node, escalate after ``stop_timeout``; True if any node failed."""
         running = [c for c in self.children if c.proc.poll() is None]
@@ -263,6 +271,8 @@ class Fleet:
                 break
             if sig != signal.SIGINT:
                 self.log(f'{len(running)} node(s) still running; sending {sig.name}')
+            if sig == signal.SIGTERM:
+                self._dump_stacks(running)
             for c in running:
                 c.signal(sig)
             deadline = time.monotonic() + timeout
