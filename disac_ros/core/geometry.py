@@ -1,4 +1,5 @@
-"""Sensor geometry: camera poses and projection, line-of-sight tests against boxes.
+"""Sensor geometry: camera poses and projection, line-of-sight tests against boxes, 2-D
+non-maximum suppression.
 
 Frames (REP 103 / REP 105):
 
@@ -182,3 +183,23 @@ def to_frame_2d(xy: np.ndarray, x: float, y: float, yaw: float,
     c, s = np.cos(yaw), np.sin(yaw)
     d = np.asarray(xy) - (np.array([x, y]) if translate else 0.0)
     return np.stack((c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]), axis=-1)
+
+
+def nms_keep(score: np.ndarray, position: np.ndarray, threshold: float,
+             radius_m: float) -> np.ndarray:
+    """
+    Indices of detections kept: score >= threshold, then greedy non-maximum suppression by
+    score over 2-D positions (class-agnostic: two reports of one object from different devices
+    may disagree on the class). ``radius_m <= 0`` disables the suppression.
+    """
+    order = np.argsort(-score, kind='stable')
+    order = order[score[order] >= threshold]
+    if radius_m <= 0 or order.size <= 1:
+        return order
+    kept: list[int] = []
+    pts = np.asarray(position, dtype=np.float64)[:, :2]
+    for q in order:
+        if kept and float(np.min(np.hypot(*(pts[kept] - pts[q]).T))) < radius_m:
+            continue
+        kept.append(int(q))
+    return np.asarray(kept, dtype=np.int64)

@@ -375,7 +375,7 @@ class AggregatorPipeline:
 
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str]) -> list[Detection]:
-        from disac_ros.core.evaluation.metrics import nms_keep
+        from disac_ros.core.geometry import nms_keep
         real = probs[:, 1:]
         score = real.max(-1)
         kept: list[Detection] = []

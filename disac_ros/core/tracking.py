@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import chi2
 
 from disac_ros.core.errors import ConfigError
+from disac_ros.core.geometry import nms_keep
 from disac_ros.core.types import CLASS_NAMES
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -395,18 +396,18 @@ class MultiObjectTracker:
     def _merge_close_tracks(self, radius: float) -> None:
         """Delete confirmed tracks within ``radius`` of a confirmed track with more hits (then
         the older one): one object reported twice, e.g. by two devices a few metres apart."""
-        order = sorted((tr for tr in self._tracks if tr.state is TrackState.CONFIRMED),
-                       key=lambda tr: (-tr.hits, tr.id))
-        kept: list[np.ndarray] = []
-        dropped: set[int] = set()
-        for tr in order:
-            if kept and float(np.min(np.hypot(*(np.array(kept) - tr.x[:2]).T))) < radius:
-                dropped.add(tr.id)
+        confirmed = [tr for tr in self._tracks if tr.state is TrackState.CONFIRMED]
+        if len(confirmed) <= 1:
+            return
+        hits = np.array([tr.hits for tr in confirmed], dtype=np.float64)
+        # _tracks is sorted by id, and nms_keep's sort is stable: equal hits keep the older track
+        kept = set(nms_keep(hits, np.array([tr.x[:2] for tr in confirmed]), 0.0, radius).tolist())
+        dropped = {tr.id for i, tr in enumerate(confirmed) if i not in kept}
+        for tr in confirmed:
+            if tr.id in dropped:
                 tr.state = TrackState.DELETED
                 self._stats.tracks_deleted += 1
                 self._last_deleted.append(tr.id)
-            else:
-                kept.append(tr.x[:2])
         if dropped:
             self._tracks = [tr for tr in self._tracks if tr.id not in dropped]
 

@@ -23,30 +23,11 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 import torch
 
+from disac_ros.core.geometry import nms_keep
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.losses import SetTargets
 
 _BIG = 1e9
-
-
-def nms_keep(score: np.ndarray, position: np.ndarray, threshold: float,
-             radius_m: float) -> np.ndarray:
-    """
-    Indices of detections kept: score >= threshold, then greedy non-maximum suppression by
-    score over 2-D positions (class-agnostic: two reports of one object from different devices
-    may disagree on the class). ``radius_m <= 0`` disables the suppression.
-    """
-    order = np.argsort(-score, kind='stable')
-    order = order[score[order] >= threshold]
-    if radius_m <= 0 or order.size <= 1:
-        return order
-    kept: list[int] = []
-    pts = np.asarray(position, dtype=np.float64)[:, :2]
-    for q in order:
-        if kept and float(np.min(np.hypot(*(pts[kept] - pts[q]).T))) < radius_m:
-            continue
-        kept.append(int(q))
-    return np.asarray(kept, dtype=np.int64)
 
 
 def detections_from_prediction(pred: SetPrediction, threshold: float, nms_radius_m: float = 0.0
