@@ -1,15 +1,18 @@
 """Offline fleet tracking: the ROS-free pipeline over a dataset split, scored like a recorded run.
 
 Run: ``python benchmarks/offline_tracking.py --data TEST_SPLIT [--model models/default]
-[--fading rayleigh] [--configs default ...] [--thresholds 0.5 0.6 0.7]``.
+[--fading rayleigh] [--fusions weighted:2.5 nms:1.5] [--configs default ...]
+[--thresholds 0.5 0.6 0.7]``.
 
 Every frame of the split goes through what the fleet does (device RVFN + encoder, the wireless
 channel with the SNR of the path-loss model at each device's distance from the trained receiver
-position, the shipped decoder, TRAM, NMS) once; the detections are cached and replayed through
-:class:`MultiObjectTracker` for every (tracker config, score threshold) pair, and the tracks are
-scored with :func:`score_tracks` (the metrics of ``disac-score-tracks``: MOTA, IDF1,
-tracked_fraction, class accuracy, position RMSE). Same detections for every row, so the rows
-compare tracker settings side by side. The link node's 8-bit re-quantisation, packet loss and
+position, the shipped decoder, TRAM) once; every query scoring >= 0.3 is cached, merged by each
+``--fusions`` method (``detection_fusion.py``) at each score threshold, and replayed through
+:class:`MultiObjectTracker` for every tracker config; the tracks are scored with
+:func:`score_tracks` (the metrics of ``disac-score-tracks``: MOTA, IDF1, tracked_fraction, class
+accuracy, position RMSE). Each row also gives the per-frame detection metrics of
+``disac-eval`` (accuracy, precision, recall of the merged detections against the visible objects,
+2 m gate). Same queries for every row, so the rows compare settings side by side. The link node's 8-bit re-quantisation, packet loss and
 delays are left out; the first ``--warmup-s`` seconds of each seed are not scored (the ROS
 demo's scorer skips its warm-up the same way).
 
@@ -33,6 +36,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from disac_ros.core.dataset import DisacDataset  # noqa: E402
+from disac_ros.core.detection_fusion import fuse_detections, FusionConfig  # noqa: E402
+from disac_ros.core.evaluation.metrics import DetectionStats  # noqa: E402
 from disac_ros.core.inference import (  # noqa: E402
     AggregatorPipeline, DevicePipeline, find_model_dir, ReceivedPacket)
 from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
@@ -40,16 +45,17 @@ from disac_ros.core.mot_scoring import (  # noqa: E402
     GtObject, score_tracks, ScoringFrame, TrackedObject)
 from disac_ros.core.tracking import Detection, MultiObjectTracker, TrackerConfig  # noqa: E402
 
-CACHE_THRESHOLD = 0.3       # detections are cached at this score; rows filter upwards
+CACHE_THRESHOLD = 0.3       # queries are cached at this score; rows filter and merge upwards
 
 
 def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: int,
-                 threads: int, nms_radius_m: float = 1.5) -> list[dict]:
-    """Run devices + channel + decoder + TRAM over the split; one record per frame."""
+                 threads: int) -> list[dict]:
+    """Run devices + channel + decoder + TRAM over the split; one record per frame with every
+    query scoring >= CACHE_THRESHOLD as an unmerged detection."""
     ds = DisacDataset(data)
     devices = [DevicePipeline(model, d, threads=threads) for d in ds.device_ids]
     agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD,
-                             nms_radius_m=nms_radius_m)
+                             fusion=FusionConfig('nms', 0.0))
     channel = WirelessChannel(agg.channel_config)
     gen = torch.Generator().manual_seed(seed)
     ax, ay = agg.info.aggregator_xy
@@ -80,9 +86,40 @@ def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: in
     return out
 
 
+def merge(detections: list[Detection], threshold: float, fusion: FusionConfig) -> list[Detection]:
+    """The detections the aggregator would publish from these cached queries."""
+    if not detections:
+        return []
+    probs = np.array([d.class_probabilities[1:] for d in detections])
+    fused = fuse_detections(np.array([d.confidence for d in detections]), probs,
+                            np.array([d.position[:2] for d in detections]),
+                            np.array([d.velocity[:2] for d in detections]), threshold, fusion)
+    out = []
+    for q in range(len(fused)):
+        dist = np.zeros(probs.shape[1] + 1)
+        dist[1:] = fused.class_probs[q]
+        out.append(Detection(position=fused.position[q], class_probabilities=dist,
+                             velocity=fused.velocity[q], confidence=float(fused.score[q]),
+                             devices=detections[0].devices))
+    return out
+
+
+def detection_metrics(frames: list[dict]) -> dict[str, float]:
+    """disac-eval's per-frame metrics of the frames' detections against the visible objects."""
+    stats = DetectionStats(2.0)
+    for fr in frames:
+        gt = [g for g in fr['gt'] if g.visible]
+        dp = np.array([d.position[:2] for d in fr['detections']]).reshape(-1, 2)
+        dc = np.array([int(np.argmax(d.class_probabilities)) for d in fr['detections']])
+        stats.add_frame(dc, dp, np.zeros_like(dp), np.array([g.class_id for g in gt]),
+                        np.array([g.position for g in gt]).reshape(-1, 2), np.zeros((len(gt), 2)))
+    return stats.summary()
+
+
 def run_tracker(frames: list[dict], config: TrackerConfig, threshold: float,
                 warmup_s: float) -> dict[str, float]:
-    """Replay cached detections through one tracker config and score the tracks."""
+    """Replay detections (those scoring >= threshold) through one tracker config and score the
+    tracks."""
     tracker = MultiObjectTracker(config)
     scored: list[ScoringFrame] = []
     seed = None
@@ -116,6 +153,12 @@ def parse_config(name: str) -> TrackerConfig:
     return TrackerConfig.from_dict(data)
 
 
+def parse_fusion(spec: str) -> FusionConfig:
+    """'weighted:2.5' or 'nms:1.5' (radius in metres; the method alone keeps its default)."""
+    method, _, radius = spec.partition(':')
+    return FusionConfig(method, float(radius)) if radius else FusionConfig(method)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', required=True, help='dataset split (sequential frames per seed)')
@@ -126,8 +169,9 @@ def main() -> int:
     p.add_argument('--max-frames', type=int, default=0, help='0 = the whole split')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--warmup-s', type=float, default=5.0)
-    p.add_argument('--nms-radius', type=float, default=1.5,
-                   help="the aggregator's nms_radius_m (m; 0 = off)")
+    p.add_argument('--fusions', nargs='+', default=['weighted:2.5'],
+                   help="detection merging, METHOD:RADIUS_M each (weighted or nms; the "
+                        "aggregator's detection_fusion and fusion_radius_m / nms_radius_m)")
     p.add_argument('--thresholds', type=float, nargs='+', default=[0.5])
     p.add_argument('--configs', nargs='+', default=['default'])
     args = p.parse_args()
@@ -137,21 +181,32 @@ def main() -> int:
         configs = {c: parse_config(c) for c in args.configs}
     except Exception as err:  # noqa: BLE001 - a bad override names itself
         p.error(f'--configs: {err}')
+    try:
+        fusions = {f: parse_fusion(f) for f in args.fusions}
+    except Exception as err:  # noqa: BLE001
+        p.error(f'--fusions: {err}')
     model = find_model_dir(args.model)
     t0 = time.perf_counter()
     frames = detect_split(Path(args.data), model, args.fading, args.seed, args.max_frames,
-                          args.threads, args.nms_radius)
+                          args.threads)
     print(f'{len(frames)} frames through the fleet pipeline in {time.perf_counter() - t0:.0f} s '
-          f'({args.fading}, SNR from distance, NMS {args.nms_radius:g} m)')
+          f'({args.fading}, SNR from distance)')
+    det_cols = ('accuracy', 'precision', 'recall')
     cols = ('tracked_fraction', 'accuracy', 'mota', 'idf1', 'id_switches', 'num_false_positives',
-            'position_rmse_m', 'recall', 'precision')
-    print('| config | threshold | ' + ' | '.join(cols) + ' |')
-    print('|' + '---|' * (len(cols) + 2))
-    for name, cfg in configs.items():
+            'position_rmse_m')
+    print('| fusion | threshold | detection ' + ' | detection '.join(det_cols) + ' | config | '
+          + ' | '.join(cols) + ' |')
+    print('|' + '---|' * (len(det_cols) + len(cols) + 3))
+    for fname, fusion in fusions.items():
         for th in args.thresholds:
-            s = run_tracker(frames, cfg, th, args.warmup_s)
-            vals = [f'{s[c]:.3f}' if isinstance(s[c], float) else str(s[c]) for c in cols]
-            print(f'| {name} | {th:g} | ' + ' | '.join(vals) + ' |', flush=True)
+            merged = [dict(fr, detections=merge(fr['detections'], th, fusion)) for fr in frames]
+            d = detection_metrics(merged)
+            dvals = ' | '.join(f'{d[c]:.3f}' for c in det_cols)
+            for name, cfg in configs.items():
+                s = run_tracker(merged, cfg, th, args.warmup_s)
+                vals = [f'{s[c]:.3f}' if isinstance(s[c], float) else str(s[c]) for c in cols]
+                print(f'| {fname} | {th:g} | {dvals} | {name} | ' + ' | '.join(vals) + ' |',
+                      flush=True)
     return 0
 
 

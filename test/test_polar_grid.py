@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from disac_ros.core.errors import ConfigError
-from disac_ros.core.evaluation.metrics import nms_keep
+from disac_ros.core.geometry import nms_keep
 from disac_ros.core.models.config import HeadConfig, LossConfig, RVFNConfig, TRAMConfig
 from disac_ros.core.models.heads import GridHead
 from disac_ros.core.models.losses import GridCriterion, SetTargets, grid_assignment

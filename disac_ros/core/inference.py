@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.models.channel import snr_db_from_distance
 from disac_ros.core.models.config import ChannelConfig
@@ -243,15 +244,15 @@ class AggregatorPipeline:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int = 1, decoder: str = 'shipped',
                  aggregator: str = 'tram', modalities: str = 'both', score_threshold: float = 0.5,
-                 nms_radius_m: float = 1.5, llm_source: str = '',
+                 fusion: FusionConfig | None = None, llm_source: str = '',
                  slot_of: dict[str, str] | None = None) -> None:
         """
         Load the decoder and TRAM.
 
         :param decoder: 'shipped' (model.json's choice), 'mlp', 'llm' or 'llm_no_channel_tokens'.
         :param score_threshold: keep a query when its best real-class probability is >= this.
-        :param nms_radius_m: of detections closer than this (any class: several devices report
-            one object), keep the most confident only; 0 disables it.
+        :param fusion: how the reports of one object by several devices (or cells) are merged
+            (:mod:`detection_fusion`; default: weighted clusters within 2.5 m).
         :param llm_source: override the recipe's LLM source for an LLM decoder ('' = recipe).
         :param slot_of: device id -> model device id whose TRAM slot it uses (default: itself).
         """
@@ -277,7 +278,7 @@ class AggregatorPipeline:
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
         self.channel_config = self.info.channel
         self.score_threshold = float(score_threshold)
-        self.nms_radius_m = float(nms_radius_m)
+        self.fusion = fusion or FusionConfig()
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
 
@@ -375,15 +376,13 @@ class AggregatorPipeline:
 
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str]) -> list[Detection]:
-        from disac_ros.core.geometry import nms_keep
-        real = probs[:, 1:]
-        score = real.max(-1)
+        real = probs[:, 1:NUM_CLASSES]
+        fused = fuse_detections(real.max(-1), real, pos, vel, self.score_threshold, self.fusion)
         kept: list[Detection] = []
-        for q in nms_keep(score, pos, self.score_threshold, self.nms_radius_m):
+        for q in range(len(fused)):
             dist = np.zeros(NUM_CLASSES)
-            n_real = min(NUM_CLASSES - 1, real.shape[1])
-            dist[1:1 + n_real] = real[q, :n_real] / max(float(real[q].sum()), 1e-9)
-            kept.append(Detection(position=pos[q].astype(np.float64), class_probabilities=dist,
-                                  velocity=vel[q].astype(np.float64), confidence=float(score[q]),
+            dist[1:1 + real.shape[1]] = fused.class_probs[q]
+            kept.append(Detection(position=fused.position[q], class_probabilities=dist,
+                                  velocity=fused.velocity[q], confidence=float(fused.score[q]),
                                   devices=frozenset(devices)))
         return kept

@@ -35,6 +35,7 @@ from rclpy.node import Node
 from disac_interfaces.msg import AggregationWeights, SemanticFeature, TrackedObject, TrackedObjectArray
 from visualization_msgs.msg import MarkerArray
 
+from disac_ros.core.detection_fusion import FUSION_METHODS, FusionConfig
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.packet import CODEC_VERSION, dequantize
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
@@ -69,8 +70,16 @@ PARAMS = (
                            'group is not slowed by first-call costs'),
     Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection',
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
-    Param('nms_radius_m', 1.5, 'detections closer than this (any class) are merged into the most '
-          'confident one (m); several devices report the same object', minimum=0.0),
+    Param('detection_fusion', 'weighted', 'how reports of one object by several devices are merged: '
+          'weighted (score-weighted mean of the reports within fusion_radius_m, noisy-OR '
+          'confidence) or nms (keep the most confident within nms_radius_m)',
+          choices=FUSION_METHODS),
+    Param('fusion_radius_m', 2.5, 'weighted fusion: reports closer than this describe one object (m)',
+          minimum=0.0),
+    Param('fusion_min_score', 0.3, 'weighted fusion: weakest report that may join a detection',
+          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Param('nms_radius_m', 1.5, 'nms fusion: detections closer than this (any class) are merged into '
+          'the most confident one (m)', minimum=0.0),
     Param('window_s', 0.1, 'packets whose stamps differ by less than this form one group (s)',
           minimum=0.0, exclusive_minimum=True),
     Param('max_wait_s', 0.3, 'fuse a group after waiting this long for missing devices (s)',
@@ -178,11 +187,16 @@ class AggregatorNode(Node):
             data['merge_radius_m'] = self.cfg['tracker_merge_radius_m']
         return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
 
+    def _fusion_config(self) -> FusionConfig:
+        method = self.cfg['detection_fusion']
+        radius = self.cfg['fusion_radius_m'] if method == 'weighted' else self.cfg['nms_radius_m']
+        return FusionConfig(method, radius, self.cfg['fusion_min_score'])
+
     def _build_pipeline(self, model_dir: Path) -> AggregatorPipeline:
         from disac_ros.core.inference import AggregatorPipeline    # torch: imported when first needed
         pipeline = AggregatorPipeline(model_dir, threads=self.cfg['threads'], decoder=self.cfg['decoder'],
                                       score_threshold=self.cfg['score_threshold'],
-                                      nms_radius_m=self.cfg['nms_radius_m'], llm_source=self.cfg['llm_source'])
+                                      fusion=self._fusion_config(), llm_source=self.cfg['llm_source'])
         for dev in self.device_ids:
             pipeline.slot(dev)
         return pipeline

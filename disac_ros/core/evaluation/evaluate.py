@@ -207,7 +207,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
                                                                        frame_limit)
     dev_sets = [[d] for d in cond.devices] if method == 'single_device' else [cond.devices]
-    stats = DetectionStats(rec.eval.match_gate_m, rec.eval.nms_radius_m)
+    stats = DetectionStats(rec.eval.match_gate_m, rec.eval.fusion_config())
     ferr = FeatureError()
     sent_bytes: list[float] = []
     delivered_n = 0
@@ -257,7 +257,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             sel = keep[s:s + 64]
             pred = model(fhat[sel], present[sel], pose[sel], link[sel], slots[sel]).prediction
             for j, (dc, dp, dv) in enumerate(detections_from_prediction(
-                    pred, rec.eval.score_threshold, rec.eval.nms_radius_m)):
+                    pred, rec.eval.score_threshold, rec.eval.fusion_config())):
                 gt = gts[int(sel[j])]
                 stats.add_frame(dc, dp, dv, gt.classes, gt.position, gt.velocity)
     s = stats.summary()

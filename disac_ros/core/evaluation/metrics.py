@@ -1,8 +1,7 @@
 """Detection, classification, localisation and feature metrics.
 
-Per frame, detections (queries whose best object-class probability is >= ``threshold``, then
-class-agnostic non-maximum suppression within ``nms_radius_m``: several devices report one
-object) are matched one-to-one to the ground-truth objects by the Hungarian algorithm on Euclidean position
+Per frame, detections (queries whose best object-class probability is >= ``threshold``, merged
+by :mod:`detection_fusion`: several devices report one object) are matched one-to-one to the ground-truth objects by the Hungarian algorithm on Euclidean position
 distance; pairs farther apart than ``gate_m`` (default 2 m) are never matched. Over all frames::
 
     precision        = matched / detections
@@ -23,25 +22,25 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 import torch
 
-from disac_ros.core.geometry import nms_keep
+from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.losses import SetTargets
 
 _BIG = 1e9
 
 
-def detections_from_prediction(pred: SetPrediction, threshold: float, nms_radius_m: float = 0.0
+def detections_from_prediction(pred: SetPrediction, threshold: float,
+                               fusion: FusionConfig | None = None
                                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of confident queries,
-    after :func:`nms_keep` when ``nms_radius_m > 0``."""
-    probs = pred.logits.detach().float().softmax(-1)
-    score, cls = probs[..., 1:].max(-1)
+    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of the detections that
+    :func:`fuse_detections` makes of the queries (``fusion`` None = no merging at all)."""
+    fusion = fusion or FusionConfig(method='nms', radius_m=0.0)
+    probs = pred.logits.detach().float().softmax(-1)[..., 1:].numpy()
     out = []
     for b in range(probs.shape[0]):
-        pos = pred.position[b].detach().float().numpy()
-        keep = nms_keep(score[b].numpy(), pos, threshold, nms_radius_m)
-        out.append(((cls[b].numpy() + 1)[keep].astype(np.int64), pos[keep],
-                    pred.velocity[b].detach().float().numpy()[keep]))
+        fused = fuse_detections(probs[b].max(-1), probs[b], pred.position[b].detach().float().numpy(),
+                                pred.velocity[b].detach().float().numpy(), threshold, fusion)
+        out.append(((fused.class_index + 1).astype(np.int64), fused.position, fused.velocity))
     return out
 
 
@@ -59,9 +58,9 @@ def match(det_pos: np.ndarray, gt_pos: np.ndarray, gate_m: float) -> tuple[np.nd
 class DetectionStats:
     """Accumulates matches over frames; :meth:`summary` gives the metrics of the module doc."""
 
-    def __init__(self, gate_m: float = 2.0, nms_radius_m: float = 0.0) -> None:
+    def __init__(self, gate_m: float = 2.0, fusion: FusionConfig | None = None) -> None:
         self.gate_m = float(gate_m)
-        self.nms_radius_m = float(nms_radius_m)
+        self.fusion = fusion
         self.num_gt = 0
         self.num_det = 0
         self.matched = 0
@@ -90,7 +89,7 @@ class DetectionStats:
 
     def add_batch(self, pred: SetPrediction, targets: SetTargets, threshold: float) -> None:
         """Add a batch of head predictions against padded SetTargets (same frame)."""
-        dets = detections_from_prediction(pred, threshold, self.nms_radius_m)
+        dets = detections_from_prediction(pred, threshold, self.fusion)
         for b, (dc, dp, dv) in enumerate(dets):
             valid = (targets.classes[b] > 0).numpy()
             self.add_frame(dc, dp, dv, targets.classes[b].numpy()[valid],

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from disac_ros.core.detection_fusion import FUSION_METHODS, FusionConfig
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.models import config as mc
 
@@ -190,7 +191,12 @@ class EvalRecipe:
     llm_max_frames: int = 60            # LLM decoders are slow on CPU: a fixed subset
     match_gate_m: float = 2.0
     score_threshold: float = 0.5
-    nms_radius_m: float = 1.5       # class-agnostic NMS of the fused detections (0 = off)
+    # How the per-device reports of one object are merged (detection_fusion.py): 'weighted'
+    # clusters within fusion_radius_m, 'nms' suppresses within nms_radius_m (0 = off).
+    fusion: str = 'weighted'
+    fusion_radius_m: float = 2.5
+    fusion_min_score: float = 0.3
+    nms_radius_m: float = 1.5
     seed: int = 1234
     jpeg_quality: int = 50
     digital_rf_bits: int = 4
@@ -209,12 +215,20 @@ class EvalRecipe:
         _check(self.match_gate_m > 0, 'match_gate_m', 'must be > 0')
         _check(0 < self.score_threshold < 1, 'score_threshold', 'must be in (0, 1)')
         _check(self.nms_radius_m >= 0, 'nms_radius_m', 'must be >= 0')
+        _check(self.fusion in FUSION_METHODS, 'fusion', f'must be one of {", ".join(FUSION_METHODS)}')
+        _check(self.fusion_radius_m >= 0, 'fusion_radius_m', 'must be >= 0')
+        _check(0 < self.fusion_min_score <= 1, 'fusion_min_score', 'must be in (0, 1]')
         _check(1 <= self.jpeg_quality <= 100, 'jpeg_quality', 'must be in [1, 100]')
         _check(1 <= self.digital_rf_bits <= 8, 'digital_rf_bits', 'must be in [1, 8]')
         _check(self.digital_channel_uses >= 1, 'digital_channel_uses', 'must be >= 1')
         _check(1 <= self.symbol_bits <= 8, 'symbol_bits', 'must be in [1, 8]')
         _check(self.max_frames >= 0 and self.llm_max_frames >= 1, 'max_frames',
                'max_frames >= 0 and llm_max_frames >= 1')
+
+    def fusion_config(self) -> FusionConfig:
+        """The detection merging these settings describe."""
+        radius = self.fusion_radius_m if self.fusion == 'weighted' else self.nms_radius_m
+        return FusionConfig(self.fusion, radius, self.fusion_min_score)
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,8 @@ def validate(models: dict[str, torch.nn.Module], frames: DeviceFrames, recipe: R
     from disac_ros.core.evaluation.metrics import DetectionStats
     for m in models.values():
         m.eval()
-    stats_local = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
-    stats_proxy = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
+    stats_local = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
+    stats_proxy = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
     tot = {'val_loss_local': 0.0, 'val_loss_proxy': 0.0, 'val_nmse': 0.0}
     n_batches = 0
     gen = torch.Generator().manual_seed(recipe.seed + 99)

@@ -210,7 +210,7 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
     from disac_ros.core.evaluation.metrics import DetectionStats
     from disac_ros.core.training.decoder import decode
     model.eval()
-    stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.nms_radius_m)
+    stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
     channel = WirelessChannel(recipe.channel)
     gen = torch.Generator().manual_seed(recipe.eval.seed)
     k = len(fleet.device_ids)

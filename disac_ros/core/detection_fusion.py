@@ -1,0 +1,117 @@
+"""Merging the aggregator's per-cell detections into one detection per object.
+
+TRAM decodes every present device's polar grid in that device's frame, so an object seen by
+several devices (or straddling two cells of one) comes out as several nearby reports that may
+disagree on position and class. Two ways to merge them, both class-agnostic:
+
+* ``'nms'``: greedy non-maximum suppression (:func:`geometry.nms_keep`): of reports closer than
+  ``radius_m`` keep the most confident, drop the rest.
+* ``'weighted'`` (default): greedy clustering by score over the reports scoring at least
+  ``min(min_score, threshold)`` (NaN scores never). The most confident unclaimed report seeds a
+  cluster of every unclaimed report within ``radius_m`` of it; the cluster becomes one detection whose position, velocity and
+  class distribution are the score-weighted means of its members and whose confidence is the
+  noisy-OR ``1 - prod(1 - s_i)`` of their scores (agreeing devices are evidence); it is kept when
+  that confidence is >= the detection threshold. Reports below the threshold may thus join or
+  form a detection, which NMS would drop.
+
+Measured on the shipped model (``benchmarks/offline_tracking.py`` cache, 500 test frames, K = 4,
+Rayleigh fading): weighted fusion at 2.5 m beats NMS at 1.5 m on accuracy, precision, tracked
+fraction, MOTA and IDF1 at the same threshold (README, "Performance").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.geometry import nms_keep
+
+FUSION_METHODS = ('weighted', 'nms')
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How reports of one object are merged (module doc)."""
+
+    method: str = 'weighted'
+    radius_m: float = 2.5       # reports closer than this describe one object (0 = no merging)
+    min_score: float = 0.3      # 'weighted': weakest report that may join or seed a cluster
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise ConfigError('method', f'expected one of {", ".join(FUSION_METHODS)}, '
+                                        f'got {self.method!r}')
+        if not (isinstance(self.radius_m, (int, float)) and math.isfinite(self.radius_m)
+                and self.radius_m >= 0):
+            raise ConfigError('radius_m', f'must be a finite number >= 0, got {self.radius_m!r}')
+        if not (isinstance(self.min_score, (int, float)) and 0 < self.min_score <= 1):
+            raise ConfigError('min_score', f'must be in (0, 1], got {self.min_score!r}')
+
+
+@dataclass(frozen=True)
+class FusedDetections:
+    """D merged detections, most confident seed first."""
+
+    score: np.ndarray           # (D,) confidence in [0, 1]
+    class_probs: np.ndarray     # (D, C) distribution over the real classes (sums to 1)
+    position: np.ndarray        # (D, 2)
+    velocity: np.ndarray        # (D, 2)
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    @property
+    def class_index(self) -> np.ndarray:
+        """(D,) arg-max real class, 0-based (add 1 for the class id with 0 = no object)."""
+        return np.argmax(self.class_probs, axis=1) if len(self) else np.zeros(0, np.int64)
+
+
+def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.ndarray,
+                    velocity: np.ndarray, threshold: float,
+                    config: FusionConfig | None = None) -> FusedDetections:
+    """
+    Merge per-query reports into detections (module doc).
+
+    :param score: (Q,) best real-class probability of each query.
+    :param class_probs: (Q, C) real-class probabilities (need not sum to 1; rows are normalised).
+    :param position: (Q, 2) world positions; ``velocity``: (Q, 2).
+    :param threshold: a detection is kept when its (fused) confidence is >= this.
+    """
+    cfg = config or FusionConfig()
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    probs = np.asarray(class_probs, dtype=np.float64)
+    pos = np.asarray(position, dtype=np.float64)
+    vel = np.asarray(velocity, dtype=np.float64)
+    q = score.shape[0]
+    for name, arr, shape in (('class_probs', probs, (q, probs.shape[-1])),
+                             ('position', pos, (q, 2)), ('velocity', vel, (q, 2))):
+        if arr.shape != shape or arr.ndim != 2:
+            raise ValueError(f'fuse_detections: {name} must have shape {shape}, got {arr.shape}')
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    if cfg.method == 'nms':
+        keep = nms_keep(score, pos, threshold, cfg.radius_m)
+        return FusedDetections(score[keep], probs[keep], pos[keep], vel[keep])
+    order = np.argsort(-score, kind='stable')
+    order = order[score[order] >= min(cfg.min_score, threshold)]
+    free = np.zeros(score.shape[0], dtype=bool)
+    free[order] = True
+    out: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+    for seed in order:
+        if not free[seed]:
+            continue
+        members = np.flatnonzero(free & (np.hypot(*(pos - pos[seed]).T) <= cfg.radius_m))
+        members = members if members.size else np.array([seed])
+        free[members] = False
+        w = score[members]
+        confidence = 1.0 - float(np.prod(1.0 - w))
+        if confidence < threshold:
+            continue
+        w = w / w.sum()
+        out.append((confidence, w @ probs[members], w @ pos[members], w @ vel[members]))
+    if not out:
+        c = probs.shape[1]
+        return FusedDetections(np.zeros(0), np.zeros((0, c)), np.zeros((0, 2)), np.zeros((0, 2)))
+    return FusedDetections(np.array([o[0] for o in out]), np.stack([o[1] for o in out]),
+                           np.stack([o[2] for o in out]), np.stack([o[3] for o in out]))
