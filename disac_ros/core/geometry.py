@@ -1,5 +1,5 @@
 """Sensor geometry: camera poses and projection, line-of-sight tests against boxes, 2-D
-non-maximum suppression.
+non-maximum suppression (used by detection_fusion and the tracker).
 
 Frames (REP 103 / REP 105):
 

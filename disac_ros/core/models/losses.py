@@ -141,8 +141,9 @@ def grid_assignment(grid: PolarGrid, targets: SetTargets, pose: torch.Tensor | N
     Without ``pose`` the targets are in the device frame and query = cell. With ``pose``
     (B, K, 3) world poses of K devices (and ``present`` (B, K)), the targets are world-frame and
     every present device whose grid contains an object is asked to report it (query = k*G + g);
-    the output keeps duplicates apart by NMS. With ``sensed`` (B, N, K) bool, device k is only
-    asked for the objects its own sensors perceive (it need not guess what only others see).
+    the output merges duplicates (detection_fusion.py). With ``sensed`` (B, N, K) bool, device
+    k is only asked for the objects its own sensors perceive (it need not guess what only others
+    see).
     Two objects in one cell: the one nearer the cell centre wins (the other is unassigned in that
     device).
     """

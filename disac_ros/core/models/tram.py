@@ -38,7 +38,7 @@ embedding of the cell centre's WORLD position (from the pose), so attention can 
 other devices that look at the same place; then the transformer over all K*G tokens, the grid
 head on every cell in its device's frame, and the exact pose transform. Every present device whose
 grid contains an object is trained to report it; the output's duplicates are removed by
-class-agnostic NMS (``geometry.nms_keep``).
+class-agnostic fusion (``detection_fusion.py``: weighted clusters by default, or NMS).
 
 ``aggregator='mean_pool'`` is the baseline: the same per-device tokens and embeddings, no
 cross-device transformer, the memory is the mean over present devices, the same head.
