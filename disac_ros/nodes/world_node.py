@@ -18,9 +18,9 @@ topic                           type                          notes
 Timing: a wall-clock timer steps the world at ``rate_hz``; each step advances simulation time by
 ``dt = 1 / rate_hz``. A step that overruns its period is counted (``overruns``), never queued.
 Stamps are simulation time: with ``use_sim_time`` they are the world time itself (and /clock
-carries it); without, they are the world time plus the wall time at which stepping started (taken again at the second
-step, as the first may stall compiling kernels), so
-they look like (and stay close to) wall time while the world keeps up. Each overrun makes the
+carries it); without, they are the world time plus the wall time at which stepping started
+(taken again at the second step, as the first may stall compiling kernels), so they look like
+(and stay close to) wall time while the world keeps up. Each overrun makes the
 stamps trail wall time a little more; ``/diagnostics`` reports it as ``stamp_lag_s``. (On this
 2-core CPU machine, 2 devices at 5 Hz keep up; 4 devices at 10 Hz do not.)
 """
