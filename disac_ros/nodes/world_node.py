@@ -19,7 +19,7 @@ Timing: a wall-clock timer steps the world at ``rate_hz``; each step advances si
 ``dt = 1 / rate_hz``. A step that overruns its period is counted (``overruns``), never queued.
 Stamps are simulation time: with ``use_sim_time`` they are the world time itself (and /clock
 carries it); without, they are the world time plus the wall time at which stepping started
-(taken again at the second step, as the first may stall compiling kernels), so they look like
+(moved on by the whole periods a first step lost, e.g. compiling kernels), so they look like
 (and stay close to) wall time while the world keeps up. Each overrun makes the
 stamps trail wall time a little more; ``/diagnostics`` reports it as ``stamp_lag_s``. (On this
 2-core CPU machine, 2 devices at 5 Hz keep up; 4 devices at 10 Hz do not.)
@@ -27,6 +27,7 @@ stamps trail wall time a little more; ``/diagnostics`` reports it as ``stamp_lag
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 import sys
 import time
@@ -147,10 +148,14 @@ class WorldNode(Node):
 
     def _step(self) -> None:
         t_start = time.monotonic()
-        if self._stamp_offset is None or (self.steps == 1 and not self.sim_time):
-            # Anchored again at the second step: the first may compile the renderer's kernels
-            # (seconds on a fresh install), which must not make every later stamp trail wall time.
+        if self._stamp_offset is None:
             self._stamp_offset = time.time() - self.world.time_s
+        elif self.steps == 1 and not self.sim_time:
+            # The first step may stall compiling the renderer's kernels (seconds on a fresh
+            # install): move the stamps on by the whole periods it lost, so that every later stamp
+            # does not trail wall time by the stall (a normal first step loses none).
+            lost = time.time() - (self.world.time_s + self._stamp_offset)
+            self._stamp_offset += math.floor(max(lost, 0.0) / self.period) * self.period
         frame = self.world.step()
         t_stepped = time.monotonic()
         stamp = cv.time_to_msg(frame.time_s + self._stamp_offset)
