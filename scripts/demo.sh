@@ -10,7 +10,7 @@
 #    the K simulated device nodes share one process (disac_fleet --share-device-process: one
 #    torch start-up instead of K on this small machine) unless --separate-device-processes;
 # 3. prints a live one-line status (devices up, tracks, latency) until --duration S (default 60)
-#    or Ctrl-C;
+#    after the first tracks (waiting up to 10 min for them: a first start compiles kernels) or Ctrl-C;
 # 4. stops everything and prints the tracking score (disac-score-tracks) as JSON.
 #
 # Open out/demo/bag/*.mcap in Foxglove: /aggregator/markers (3D panel, frame "world"),
@@ -82,8 +82,8 @@ stop_all() {
 # Ctrl-C ends the live status early; the demo then stops everything and still prints the score.
 trap 'log "interrupted"' INT TERM
 
-log "running for $DURATION s (Ctrl-C to stop early); first start compiles Genesis kernels (minutes)"
-python -m disac_ros.tools.fleet_status --duration "$DURATION" --devices "${DEVICES[@]}" || true
+log "running for $DURATION s from the first tracks (Ctrl-C to stop early); a first start compiles Genesis kernels (minutes)"
+python -m disac_ros.tools.fleet_status --duration "$DURATION" --wait 600 --devices "${DEVICES[@]}" || true
 stop_all
 
 log "recorded $(du -sh "$OUT/bag" 2>/dev/null | cut -f1) in $OUT/bag (open the .mcap in Foxglove)"

@@ -9,7 +9,8 @@ second::
 
 "devices up" are those fused into a group during the last 2 s (TRAM weights). Latency is receive
 time minus the tracks' sensor stamp over the last 10 s. Exits 0 after ``--duration`` seconds (0 =
-until SIGINT/SIGTERM).
+until SIGINT/SIGTERM); with ``--wait W`` those seconds count from the first tracks, or from W s
+after the start if none came (a fleet's first start on a fresh install compiles Genesis kernels).
 """
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--duration', type=float, default=0.0, help='seconds to run (0 = until Ctrl-C)')
     p.add_argument('--devices', nargs='*', default=[], help='expected device ids (for the N/K count)')
     p.add_argument('--period', type=float, default=1.0, help='status period (s)')
-    return p.parse_args(argv)
+    p.add_argument('--wait', type=float, default=0.0,
+                   help='count --duration from the first tracks, waiting at most this long for '
+                        'them (s; 0 = count from the start)')
+    args = p.parse_args(argv)
+    for name in ('duration', 'period', 'wait'):
+        value = getattr(args, name)
+        if not (value >= 0.0 and value < float('inf')) or (name == 'period' and value == 0.0):
+            p.error(f'--{name}: must be a finite number >= 0 (> 0 for --period), got {value}')
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seen: dict[str, float] = {}
     state = {'tracks': 0, 'first': None, 'count': deque(maxlen=200)}
     t_start = time.monotonic()
+    clock = {'from': None if args.wait > 0 else t_start}     # when --duration starts counting
 
     def on_tracks(msg: TrackedObjectArray) -> None:
         now = time.monotonic()
@@ -69,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         while rclpy.ok() and not stop['flag']:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
-            if args.duration and now - t_start >= args.duration:
+            if clock['from'] is None and (state['first'] is not None or now - t_start >= args.wait):
+                clock['from'] = now
+            if args.duration and clock['from'] is not None and now - clock['from'] >= args.duration:
                 break
             if now < next_print:
                 continue
@@ -84,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 latency = 'latency -'
             rate = sum(1 for t in state['count'] if now - t <= 5.0) / 5.0
             first = f' | first tracks at {state["first"]:.1f} s' if state['first'] is not None else ''
+            if clock['from'] is None:
+                first = ' | waiting for the first tracks (a first start compiles kernels)'
             line = (f'[{now - t_start:6.1f} s] devices {len(up)}/{total} up ({" ".join(up)}) | '
                     f'tracks {state["tracks"]} | {latency} | {rate:.1f} Hz{first}')
             sys.stdout.write('\r' + line.ljust(110) if sys.stdout.isatty() else line + '\n')
