@@ -12,8 +12,8 @@ position, the shipped decoder, TRAM) once; every query scoring >= 0.3 is cached,
 :func:`score_tracks` (the metrics of ``disac-score-tracks``: MOTA, IDF1, tracked_fraction, class
 accuracy, position RMSE). Each row also gives the per-frame detection metrics of
 ``disac-eval`` (accuracy, precision, recall of the merged detections against the visible objects,
-2 m gate). Same queries for every row, so the rows compare settings side by side. The link node's 8-bit re-quantisation, packet loss and
-delays are left out; the first ``--warmup-s`` seconds of each seed are not scored (the ROS
+2 m gate). Same queries for every row, so the rows compare settings side by side. The link node's
+8-bit re-quantisation, packet loss and delays are left out; the first ``--warmup-s`` seconds of each seed are not scored (the ROS
 demo's scorer skips its warm-up the same way).
 
 Named tracker configs (``--configs``): ``default`` (TrackerConfig()), ``fleet`` (the ``tracker:``
@@ -36,10 +36,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from disac_ros.core.dataset import DisacDataset  # noqa: E402
-from disac_ros.core.detection_fusion import fuse_detections, FusionConfig  # noqa: E402
+from disac_ros.core.detection_fusion import FusionConfig  # noqa: E402
 from disac_ros.core.evaluation.metrics import DetectionStats  # noqa: E402
 from disac_ros.core.inference import (  # noqa: E402
-    AggregatorPipeline, DevicePipeline, find_model_dir, ReceivedPacket)
+    AggregatorPipeline, DevicePipeline, find_model_dir, merged_detections, ReceivedPacket)
 from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
 from disac_ros.core.mot_scoring import (  # noqa: E402
     GtObject, score_tracks, ScoringFrame, TrackedObject)
@@ -90,18 +90,11 @@ def merge(detections: list[Detection], threshold: float, fusion: FusionConfig) -
     """The detections the aggregator would publish from these cached queries."""
     if not detections:
         return []
-    probs = np.array([d.class_probabilities[1:] for d in detections])
-    fused = fuse_detections(np.array([d.confidence for d in detections]), probs,
-                            np.array([d.position[:2] for d in detections]),
-                            np.array([d.velocity[:2] for d in detections]), threshold, fusion)
-    out = []
-    for q in range(len(fused)):
-        dist = np.zeros(probs.shape[1] + 1)
-        dist[1:] = fused.class_probs[q]
-        out.append(Detection(position=fused.position[q], class_probabilities=dist,
-                             velocity=fused.velocity[q], confidence=float(fused.score[q]),
-                             devices=detections[0].devices))
-    return out
+    return merged_detections(np.array([d.confidence for d in detections]),
+                             np.array([d.class_probabilities[1:] for d in detections]),
+                             np.array([d.position[:2] for d in detections]),
+                             np.array([d.velocity[:2] for d in detections]), threshold, fusion,
+                             detections[0].devices)
 
 
 def detection_metrics(frames: list[dict]) -> dict[str, float]:

@@ -81,3 +81,8 @@ def test_wrong_shapes_are_named_and_nan_scores_are_never_detections() -> None:
     score = np.array([np.nan, 0.9])
     out = fuse_detections(score, PROBS[:2], POS[:2], VEL[:2], 0.5)
     assert len(out) == 1 and out.score[0] == pytest.approx(0.9)
+
+
+def test_for_method_takes_the_radius_of_the_chosen_method() -> None:
+    assert FusionConfig.for_method('weighted', 2.5, 1.5, 0.3) == FusionConfig('weighted', 2.5, 0.3)
+    assert FusionConfig.for_method('nms', 2.5, 1.5, 0.3) == FusionConfig('nms', 1.5, 0.3)

@@ -239,6 +239,22 @@ class AggregateResult:
     distance_m: list[float]        # distance used per device
 
 
+def merged_detections(score: np.ndarray, real_probs: np.ndarray, position: np.ndarray,
+                      velocity: np.ndarray, threshold: float, fusion: FusionConfig,
+                      devices: frozenset[str]) -> list[Detection]:
+    """Per-query reports (score (Q,), real-class probabilities (Q, C), positions and velocities
+    (Q, 2)) merged by ``fusion`` into the tracker's detections."""
+    fused = fuse_detections(score, real_probs, position, velocity, threshold, fusion)
+    kept: list[Detection] = []
+    for q in range(len(fused)):
+        dist = np.zeros(NUM_CLASSES)
+        dist[1:1 + fused.class_probs.shape[1]] = fused.class_probs[q]
+        kept.append(Detection(position=fused.position[q], class_probabilities=dist,
+                              velocity=fused.velocity[q], confidence=float(fused.score[q]),
+                              devices=devices))
+    return kept
+
+
 class AggregatorPipeline:
     """Shipped decoder + TRAM over groups of received packets (see the module docstring)."""
 
@@ -377,12 +393,5 @@ class AggregatorPipeline:
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str]) -> list[Detection]:
         real = probs[:, 1:NUM_CLASSES]
-        fused = fuse_detections(real.max(-1), real, pos, vel, self.score_threshold, self.fusion)
-        kept: list[Detection] = []
-        for q in range(len(fused)):
-            dist = np.zeros(NUM_CLASSES)
-            dist[1:1 + real.shape[1]] = fused.class_probs[q]
-            kept.append(Detection(position=fused.position[q], class_probabilities=dist,
-                                  velocity=fused.velocity[q], confidence=float(fused.score[q]),
-                                  devices=frozenset(devices)))
-        return kept
+        return merged_detections(real.max(-1), real, pos, vel, self.score_threshold, self.fusion,
+                                 frozenset(devices))

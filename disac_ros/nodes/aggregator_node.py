@@ -188,9 +188,8 @@ class AggregatorNode(Node):
         return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
 
     def _fusion_config(self) -> FusionConfig:
-        method = self.cfg['detection_fusion']
-        radius = self.cfg['fusion_radius_m'] if method == 'weighted' else self.cfg['nms_radius_m']
-        return FusionConfig(method, radius, self.cfg['fusion_min_score'])
+        return FusionConfig.for_method(self.cfg['detection_fusion'], self.cfg['fusion_radius_m'],
+                                       self.cfg['nms_radius_m'], self.cfg['fusion_min_score'])
 
     def _build_pipeline(self, model_dir: Path) -> AggregatorPipeline:
         from disac_ros.core.inference import AggregatorPipeline    # torch: imported when first needed

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seen: dict[str, float] = {}
     state = {'tracks': 0, 'first': None, 'count': deque(maxlen=200)}
     t_start = time.monotonic()
-    clock = {'from': None if args.wait > 0 else t_start}     # when --duration starts counting
+    count_from = None if args.wait > 0 else t_start     # when --duration starts counting
 
     def on_tracks(msg: TrackedObjectArray) -> None:
         now = time.monotonic()
@@ -79,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         while rclpy.ok() and not stop['flag']:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
-            if clock['from'] is None and (state['first'] is not None or now - t_start >= args.wait):
-                clock['from'] = now
-            if args.duration and clock['from'] is not None and now - clock['from'] >= args.duration:
+            if count_from is None and (state['first'] is not None or now - t_start >= args.wait):
+                count_from = now
+            if args.duration and count_from is not None and now - count_from >= args.duration:
                 break
             if now < next_print:
                 continue
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 latency = 'latency -'
             rate = sum(1 for t in state['count'] if now - t <= 5.0) / 5.0
             first = f' | first tracks at {state["first"]:.1f} s' if state['first'] is not None else ''
-            if clock['from'] is None:
+            if count_from is None:
                 first = ' | waiting for the first tracks (a first start compiles kernels)'
             line = (f'[{now - t_start:6.1f} s] devices {len(up)}/{total} up ({" ".join(up)}) | '
                     f'tracks {state["tracks"]} | {latency} | {rate:.1f} Hz{first}')

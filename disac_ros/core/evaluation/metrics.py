@@ -1,8 +1,9 @@
 """Detection, classification, localisation and feature metrics.
 
 Per frame, detections (queries whose best object-class probability is >= ``threshold``, merged
-by :mod:`detection_fusion`: several devices report one object) are matched one-to-one to the ground-truth objects by the Hungarian algorithm on Euclidean position
-distance; pairs farther apart than ``gate_m`` (default 2 m) are never matched. Over all frames::
+by :mod:`detection_fusion`: several devices report one object) are matched one-to-one to the
+ground-truth objects by the Hungarian algorithm on Euclidean position distance; pairs farther
+apart than ``gate_m`` (default 2 m) are never matched. Over all frames::
 
     precision        = matched / detections
     recall           = matched / ground-truth objects
@@ -38,7 +39,8 @@ def detections_from_prediction(pred: SetPrediction, threshold: float,
     probs = pred.logits.detach().float().softmax(-1)[..., 1:].numpy()
     out = []
     for b in range(probs.shape[0]):
-        fused = fuse_detections(probs[b].max(-1), probs[b], pred.position[b].detach().float().numpy(),
+        fused = fuse_detections(probs[b].max(-1), probs[b],
+                                pred.position[b].detach().float().numpy(),
                                 pred.velocity[b].detach().float().numpy(), threshold, fusion)
         out.append(((fused.class_index + 1).astype(np.int64), fused.position, fused.velocity))
     return out

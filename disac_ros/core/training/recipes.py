@@ -227,8 +227,8 @@ class EvalRecipe:
 
     def fusion_config(self) -> FusionConfig:
         """The detection merging these settings describe."""
-        radius = self.fusion_radius_m if self.fusion == 'weighted' else self.nms_radius_m
-        return FusionConfig(self.fusion, radius, self.fusion_min_score)
+        return FusionConfig.for_method(self.fusion, self.fusion_radius_m, self.nms_radius_m,
+                                       self.fusion_min_score)
 
 
 @dataclass(frozen=True)
