@@ -1,7 +1,8 @@
 """A FAKE, UNTRAINED model folder for tests of the running system (not for accuracy figures).
 
 ``make_fake_model(folder)`` writes the layout that ``disac-train`` writes (model.json,
-recipe.json, stage-1 device models, an MLP decoder, TRAM), with randomly initialised weights,
+recipe.json, stage-1 device models, an MLP decoder, the per-device decoders, TRAM), with randomly
+initialised weights,
 through the real builders and the real ``save_checkpoint``. Inference code loads it exactly as it
 loads a trained model; its detections are meaningless.
 """
@@ -16,9 +17,11 @@ import torch
 DEVICES = ('dev0', 'dev1', 'dev2', 'dev3')
 
 
-def make_fake_model(folder: Path, devices: Sequence[str] = DEVICES, seed: int = 0, llm: bool = False) -> Path:
+def make_fake_model(folder: Path, devices: Sequence[str] = DEVICES, seed: int = 0, llm: bool = False,
+                    shipped: str = 'mlp') -> Path:
     """Write an untrained quick-recipe model folder (``llm``: also an LLM decoder on the tiny
-    random test LLM); returns it."""
+    random test LLM; ``shipped``: the decoder kind model.json names); returns it."""
+    from disac_ros.core.models.device_decoders import DeviceDecoders
     from disac_ros.core.models.checkpoint import save_checkpoint
     from disac_ros.core.training.decoder import build_decoder, decoder_dir
     from disac_ros.core.training.recipes import quick_recipe
@@ -28,9 +31,14 @@ def make_fake_model(folder: Path, devices: Sequence[str] = DEVICES, seed: int = 
     recipe = quick_recipe()
     torch.manual_seed(seed)
     meta = {'fake_untrained': True}
+    proxies = []
     for dev in devices:
-        save_checkpoint(stage1_dir(folder, 'both', dev) / 'checkpoint', build_device_models(recipe), meta)
+        models = build_device_models(recipe)
+        proxies.append(models['proxy_decoder'])
+        save_checkpoint(stage1_dir(folder, 'both', dev) / 'checkpoint', models, meta)
     save_checkpoint(decoder_dir(folder, 'both', 'mlp') / 'checkpoint', {'decoder': build_decoder(recipe, 'mlp')}, meta)
+    save_checkpoint(decoder_dir(folder, 'both', 'device') / 'checkpoint',
+                    {'decoder': DeviceDecoders.from_decoders(list(devices), proxies)}, meta)
     if llm:
         save_checkpoint(decoder_dir(folder, 'both', 'llm') / 'checkpoint', {'decoder': build_decoder(recipe, 'llm')},
                         meta)
@@ -42,6 +50,6 @@ def make_fake_model(folder: Path, devices: Sequence[str] = DEVICES, seed: int = 
     save_checkpoint(stage2_dir(folder, 'both', 'tram') / 'checkpoint', {'aggregator': aggregator}, meta)
     (folder / 'recipe.json').write_text(json.dumps(recipe.to_dict(), indent=1))
     (folder / 'model.json').write_text(json.dumps({'format': 'disac_ros.model', 'format_version': 1,
-                                                   'devices': list(devices), 'shipped_decoder': 'mlp',
+                                                   'devices': list(devices), 'shipped_decoder': shipped,
                                                    'fake_untrained': True}, indent=1))
     return folder

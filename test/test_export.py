@@ -45,6 +45,17 @@ def test_export_keeps_only_shipped_models_and_loads_in_the_runtime(trained_like,
     assert DevicePipeline(dst, 'dev1').num_symbols == AggregatorPipeline(dst).num_symbols
 
 
+def test_export_of_a_model_shipping_per_device_decoders(tmp_path):
+    from disac_ros.core.inference import AggregatorPipeline
+    from disac_ros.core.training.export import export_model
+    src = make_fake_model(tmp_path / 'run', devices=('dev0', 'dev1'), shipped='device')
+    dst = tmp_path / 'default'
+    assert export_model(src, dst)['shipped_decoder'] == 'device'
+    assert sorted(p.name for p in (dst / 'decoders' / 'both').iterdir()) == ['device']
+    agg = AggregatorPipeline(dst)
+    assert agg.decoder_kind == 'device' and list(agg.decoder.config.devices) == ['dev0', 'dev1']
+
+
 def test_export_fails_clearly_and_never_clobbers(trained_like, tmp_path):
     from disac_ros.core.training.export import ExportError, export_model
     from disac_ros.core.errors import ConfigError

@@ -138,3 +138,42 @@ def test_llm_decoder_when_configured_loads_and_fuses(tmp_path):
     (res,) = agg.run([packets(model, ['dev0', 'dev1'])])
     assert res.device_ids == ['dev0', 'dev1'] and sum(res.weights) == pytest.approx(1.0, abs=1e-5)
     assert AggregatorPipeline(model).decoder_kind == 'mlp'          # the shipped one
+
+
+def test_device_decoders_decode_each_packet_by_its_senders_decoder(fake_model):
+    """decoder='device': every packet goes through the stage-1 decoder of the device that sent it
+    (checked against each device's own proxy decoder, whatever the order and grouping)."""
+    import torch
+    from disac_ros.core.training.stage1 import load_device_models
+    agg = AggregatorPipeline(fake_model, decoder='device', score_threshold=0.2)
+    assert type(agg.decoder).__name__ == 'DeviceDecoders' and agg.decoder_kind == 'device'
+    group = packets(fake_model, ['dev2', 'dev0', 'dev3'])
+    seen = {}
+    original = agg.tram.forward
+
+    def spy(feats, present, *rest):
+        seen['feats'] = feats.clone()
+        return original(feats, present, *rest)
+    agg.tram.forward = spy
+    (res,) = agg.run([group])
+    assert res.device_ids == ['dev0', 'dev2', 'dev3']
+    for j, dev in enumerate(res.device_ids):
+        p = next(q for q in group if q.device_id == dev)
+        own = load_device_models(fake_model, 'both', dev)['proxy_decoder']
+        with torch.no_grad():
+            expect = own(torch.from_numpy(p.symbols[None]).float(), torch.tensor([p.snr_db]),
+                         torch.tensor([p.distance_m]))[0]
+        torch.testing.assert_close(seen['feats'][0, j], expect, atol=1e-5, rtol=1e-5)
+    assert AggregatorPipeline(fake_model).decoder_kind == 'mlp'      # the shipped one
+
+
+def test_device_decoders_lacking_a_model_device_are_refused_at_load(tmp_path):
+    from disac_ros.core.models.checkpoint import save_checkpoint
+    from disac_ros.core.models.device_decoders import DeviceDecoders
+    from disac_ros.core.training.decoder import decoder_dir
+    from disac_ros.core.training.stage1 import load_device_models
+    model = make_fake_model(tmp_path / 'fake_untrained', devices=('dev0', 'dev1'), shipped='device')
+    only_dev0 = DeviceDecoders.from_decoders(['dev0'], [load_device_models(model, 'both', 'dev0')['proxy_decoder']])
+    save_checkpoint(decoder_dir(model, 'both', 'device') / 'checkpoint', {'decoder': only_dev0})
+    with pytest.raises(ModelError, match=r"no decoder for model device\(s\) \['dev1'\]"):
+        AggregatorPipeline(model)

@@ -13,8 +13,8 @@ from disac_ros.tools import eval_cli, train_cli
 
 ROW_KEYS = {'method', 'K', 'snr_db', 'fading', 'accuracy', 'position_rmse_m', 'velocity_rmse_m',
             'nmse_db', 'bytes_per_device_frame'}
-METHODS = {'disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'rf_only',
-           'camera_only', 'single_device', 'mean_pool', 'digital_jpeg'}
+METHODS = {'disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'device_decoder',
+           'rf_only', 'camera_only', 'single_device', 'mean_pool', 'digital_jpeg'}
 
 
 @pytest.fixture(scope='module')
@@ -52,12 +52,17 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
                            '--no-progress']) == 0
     assert 'time summary' in capsys.readouterr().out
     info = json.loads((model / 'model.json').read_text())
-    assert info['shipped_decoder'] in ('mlp', 'llm', 'llm_no_channel_tokens')
+    assert info['shipped_decoder'] == 'device'      # the quick recipe names it
+    assert set(info['decoder_val_nmse_db']) == {'mlp', 'llm', 'llm_no_channel_tokens', 'device'}
     assert set(info['variants']) == {'both', 'rf', 'camera'}
     for dev in ('dev0', 'dev1', 'dev2', 'dev3'):
         assert (model / 'stage1/both' / dev / 'export_train.npz').is_file()
     assert (model / 'stage2/both_tram/checkpoint/config.json').is_file()
     assert (model / 'stage2/both_mean_pool/checkpoint/config.json').is_file()
+    assert (model / 'stage2/both_tram_mlp/checkpoint/config.json').is_file()
+    for mod in ('rf', 'camera'):          # the unimodal baselines decode like the system
+        meta = json.loads((model / f'stage2/{mod}_tram/checkpoint/metadata.json').read_text())
+        assert meta['decoder'] == 'device'
 
     out = tmp_path / 'eval'
     assert eval_cli.main(['--checkpoint', str(model), '--data', str(splits / 'test'),
@@ -70,6 +75,10 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     assert {r['K'] for r in rows} == {1, 4}
     ours = [r for r in rows if r['method'] == 'disac']
     assert {r['bytes_per_device_frame'] for r in ours} == {32.0}   # 16 symbols x 2 x 8 bit
+    trained_on = {r['method']: r['aggregator_trained_on'] for r in rows}
+    assert trained_on['disac'] == trained_on['device_decoder'] == 'device'
+    assert trained_on['mlp_decoder'] == 'mlp'          # its own TRAM, not the shipped one
+    assert trained_on['llm_decoder'] == 'device'       # none of its own: the shipped TRAM
     digital = [r for r in rows if r['method'] == 'digital_jpeg' and r['sweep'] == 'snr']
     assert all(r['bytes_per_device_frame'] > 1000 for r in digital)
     low = [r['delivered_fraction'] for r in digital if r['snr_db'] == -5.0]

@@ -14,7 +14,7 @@ from disac_ros.core.errors import ConfigError
 from disac_ros.core.models.checkpoint import CheckpointError
 from disac_ros.core.training import common
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames, rotate_to_frame
-from disac_ros.core.training.decoder import train_decoder
+from disac_ros.core.training.decoder import choose_shipped, train_decoder
 from disac_ros.core.training.recipes import load_recipe, quick_recipe, Recipe
 from disac_ros.core.training.stage1 import stage1_dir, train_stage1
 from disac_ros.core.training.stage2 import train_stage2
@@ -71,6 +71,10 @@ def test_recipe_errors_name_the_field(tmp_path: Path) -> None:
         Recipe.from_dict({'rvfn': {'dim': 'wide'}})
     with pytest.raises(ConfigError, match=r'encoder\.feature_dim'):
         Recipe.from_dict({'encoder': {'feature_dim': 7}})
+    with pytest.raises(ConfigError, match=r"decoder\.shipped: must be 'nmse' or one of kinds"):
+        Recipe.from_dict({'decoder': {'kinds': ['mlp'], 'shipped': 'device'}})
+    with pytest.raises(ConfigError, match=r'stage2\.decoder_aggregators'):
+        Recipe.from_dict({'stage2': {'decoder_aggregators': ['gpt']}})
 
 
 def test_world_objects_are_expressed_in_the_device_frame() -> None:
@@ -123,6 +127,18 @@ def test_stage2_and_decoder_train_on_exports_without_any_raw_sensor_data(
     assert not {m for m in train.accessed_members | val.accessed_members
                 if m.startswith(('image.', 'rf.'))}
     assert {'accuracy', 'recall', 'position_rmse_m'} <= set(s['metrics'])
+    # The per-device decoders come from the devices' stage-1 checkpoints (weights, no data),
+    # and an aggregator for a second decoder kind trains into its own folder.
+    dd = train_decoder(tmp_path, r, 'device', show_progress=False, devices=devices)
+    assert dd['devices'] == devices and dd['steps_done'] == 0
+    assert np.isfinite(dd['val_nmse_db']['mean'])
+    s = train_stage2(train, tmp_path, r, decoder_kind='device', val=val, show_progress=False,
+                     own_folder=True)
+    assert s['decoder'] == 'device' and (tmp_path / 'stage2/both_tram_device/checkpoint').is_dir()
+    assert not {m for m in train.accessed_members | val.accessed_members
+                if m.startswith(('image.', 'rf.'))}
+    assert choose_shipped(tmp_path, rule='device')[0] == 'device'
+    assert choose_shipped(tmp_path, rule='llm')[0] in ('mlp', 'device')   # not trained: NMSE
 
 
 def test_decoder_learns_over_the_channel_mlp_and_tiny_llm(splits: Path, tmp_path: Path) -> None:

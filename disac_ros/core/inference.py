@@ -7,7 +7,8 @@ This module is the ONE place in the ROS layer that knows the layout of a trained
     MODEL/recipe.json                              the training recipe (channel, aggregator_xy)
     MODEL/stage1/<modalities>/<device>/checkpoint  'detector' (LocalDetector: RVFN + head),
                                                    'encoder' (SemanticEncoder), proxies
-    MODEL/decoders/<modalities>/<kind>/checkpoint  'decoder' (MLPDecoder or LLMDecoder)
+    MODEL/decoders/<modalities>/<kind>/checkpoint  'decoder' (MLPDecoder, LLMDecoder, or
+                                                   DeviceDecoders: one per device)
     MODEL/stage2/<modalities>_<aggregator>/checkpoint  'aggregator' (TRAM)
 
 Loading goes through the training package's own loaders, so a layout change there is picked up
@@ -17,7 +18,8 @@ here. Every failure (missing folder, corrupt file, wrong device) raises :class:`
 * :class:`DevicePipeline`: image (H, W, 3) uint8 + RF cube (rx, chirp, sample) complex ->
   RVFN fused feature -> semantic encoder -> power-normalised symbols (L, 2), batched over frames.
 * :class:`AggregatorPipeline`: groups of received packets (symbols after the link, SNR, distance,
-  device pose) -> the shipped decoder (MLP, or LLM when configured) -> TRAM -> world-frame
+  device pose) -> the shipped decoder (each device's own, a shared MLP, or the LLM when
+  configured) -> TRAM -> world-frame
   detections (:class:`~disac_ros.core.tracking.Detection`) plus TRAM's per-device aggregation
   weights. Every packet of every group goes through the decoder in ONE batch and every group
   through TRAM in one batch.
@@ -38,6 +40,7 @@ import torch
 from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.models.channel import snr_db_from_distance
+from disac_ros.core.models.device_decoders import decoder_slots, run_decoder
 from disac_ros.core.models.config import ChannelConfig
 from disac_ros.core.rf import radar_features
 from disac_ros.core.rf_config import RadarConfig
@@ -45,7 +48,7 @@ from disac_ros.core.tracking import NUM_CLASSES, Detection
 
 MODEL_ENV = 'DISAC_MODEL_DIR'
 DEFAULT_MODEL_NAME = 'default'
-DECODER_CHOICES = ('shipped', 'mlp', 'llm', 'llm_no_channel_tokens')
+DECODER_CHOICES = ('shipped', 'mlp', 'llm', 'llm_no_channel_tokens', 'device')
 
 
 class ModelError(DisacError):
@@ -265,7 +268,8 @@ class AggregatorPipeline:
         """
         Load the decoder and TRAM.
 
-        :param decoder: 'shipped' (model.json's choice), 'mlp', 'llm' or 'llm_no_channel_tokens'.
+        :param decoder: 'shipped' (model.json's choice), 'device' (each device's own stage-1
+            decoder), 'mlp', 'llm' or 'llm_no_channel_tokens'.
         :param score_threshold: keep a query when its best real-class probability is >= this.
         :param fusion: how the reports of one object by several devices (or cells) are merged
             (:mod:`detection_fusion`; default: weighted clusters within 2.5 m).
@@ -282,7 +286,7 @@ class AggregatorPipeline:
         self.info = read_model_info(model_dir)
         self.decoder_kind = self.info.shipped_decoder if decoder == 'shipped' else decoder
         recipe = self.info.recipe
-        if self.decoder_kind != 'mlp' and recipe is None:
+        if self.decoder_kind not in ('mlp', 'device') and recipe is None:
             raise ModelError(f'{self.info.root / "recipe.json"}: cannot be parsed by this version; '
                              f'the {self.decoder_kind} decoder needs it (use decoder:=mlp)')
         if llm_source and recipe is not None:
@@ -297,6 +301,10 @@ class AggregatorPipeline:
         self.fusion = fusion or FusionConfig()
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
+        if getattr(self.decoder, 'routes_by_device', False):
+            missing = [d for d in self.info.devices if d not in self.decoder.config.devices]
+            if missing:
+                raise ModelError(f'{dfolder}: no decoder for model device(s) {missing}')
 
     def slot(self, device_id: str) -> int:
         """TRAM device-id slot of a device; ModelError when the model has none for it."""
@@ -352,7 +360,9 @@ class AggregatorPipeline:
         y = torch.from_numpy(np.stack([np.asarray(p.symbols, dtype=np.float32) for p in flat]))
         snr = torch.tensor([s for s, _ in side], dtype=torch.float32)
         dist = torch.tensor([d for _, d in side], dtype=torch.float32)
-        fhat = self.decoder(y, snr, dist).float()                       # (N, F), one batch
+        dec_slots = decoder_slots(self.decoder,
+                                  [self.slot_of.get(p.device_id, p.device_id) for p in flat])
+        fhat = run_decoder(self.decoder, y, snr, dist, dec_slots).float()  # (N, F), one batch
         b = len(groups)
         k = max(len(g) for g in groups)
         f = fhat.shape[1]

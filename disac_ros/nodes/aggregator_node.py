@@ -62,8 +62,9 @@ PARAMS = (
     Param('weights_topic', '/aggregator/weights', 'AggregationWeights output'),
     Param('world_frame', 'world', 'frame of the tracks'),
     Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
-    Param('decoder', 'shipped', "semantic decoder: the model's shipped one, or mlp / llm",
-          choices=('shipped', 'mlp', 'llm', 'llm_no_channel_tokens')),
+    Param('decoder', 'shipped', "semantic decoder: the model's shipped one, or device (each "
+          "device's own) / mlp / llm / llm_no_channel_tokens",
+          choices=('shipped', 'device', 'mlp', 'llm', 'llm_no_channel_tokens')),
     Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
     Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '

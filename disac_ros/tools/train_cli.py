@@ -6,12 +6,14 @@ Examples::
         --out models/quick --quick
     disac-train decoder --kind mlp --out models/quick --quick
     disac-train decoder --kind llm --out models/quick --quick --llm tiny
+    disac-train decoder --kind device --out models/quick
     disac-train stage2 --data data/splits/train --val data/splits/val --out models/quick --quick
     disac-train all --data data/splits/train --val data/splits/val --out models/run1
     disac-train export --from models/run1 --to models/default --metrics results/metrics.md
 
 ``stage1`` trains one device on its own data and exports what it transmits; ``decoder`` trains a
-receiver decoder on all devices' exports over the simulated channel; ``stage2`` trains the
+receiver decoder on all devices' exports over the simulated channel (``--kind device`` instead
+collects each device's stage-1 decoder, trained with its encoder); ``stage2`` trains the
 aggregator on decoded features only; ``all`` runs everything in order (every device, the
 decoders, TRAM and the baselines' models) and prints a time summary. Every command resumes with
 ``--resume``. ``export --from OUT --to models/default`` copies only what the running system
@@ -64,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     dec = sub.add_parser('decoder', help='train a receiver decoder on all devices\' exports '
                                          'over the simulated channel')
     _common(dec, data=False)
-    dec.add_argument('--kind', default='mlp', choices=('mlp', 'llm', 'llm_no_channel_tokens'))
+    dec.add_argument('--kind', default='mlp',
+                     choices=('mlp', 'llm', 'llm_no_channel_tokens', 'device'),
+                     help="decoder kind; 'device' collects every device's stage-1 decoder "
+                          '(no training)')
     dec.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
     dec.add_argument('--steps', type=int, help='total steps (override the recipe)')
     dec.add_argument('--max-seconds', type=float,
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument('--aggregator', default='tram', choices=('tram', 'mean_pool'))
     s2.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
     s2.add_argument('--decoder', help='decoder kind feeding the aggregator (default: the '
-                                      'shipped one for both, mlp for unimodal variants)')
+                                      "variant's own: the shipped kind where the variant has "
+                                      'it, else mlp); another kind trains into '
+                                      'stage2/<variant>_<aggregator>_<kind>')
     s2.add_argument('--steps', type=int, help='total steps (override the recipe)')
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
@@ -170,10 +177,10 @@ def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
                       show_progress=not args.no_progress, steps=args.steps,
                       max_seconds=args.max_seconds, batch_size=args.batch_size,
-                      torch_device=args.torch_device)
+                      torch_device=args.torch_device, devices=_model_devices(Path(args.out)))
     fields: dict[str, Any] = {'decoders': {f'{args.modalities}/{args.kind}': _brief(s)}}
     if args.modalities == 'both':
-        shipped, scores = choose_shipped(args.out)
+        shipped, scores = choose_shipped(args.out, rule=recipe.decoder.shipped)
         fields.update(shipped_decoder=shipped, decoder_val_nmse_db=scores)
     update_model_json(Path(args.out), **fields)
     print(f'decoder {args.modalities}/{args.kind}: {s["steps_done"]} steps in {s["wall_s"]} s, '
@@ -181,24 +188,41 @@ def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     return s
 
 
-def _shipped(out: Path) -> str:
+def _model_json(out: Path) -> dict[str, Any]:
     path = out / MODEL_JSON
-    if path.is_file():
-        return str(json.loads(path.read_text()).get('shipped_decoder', 'mlp'))
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _model_devices(out: Path) -> list[str] | None:
+    devices = _model_json(out).get('devices')
+    return list(devices) if isinstance(devices, list) and devices else None
+
+
+def variant_decoder(out: Path, modalities: str) -> str:
+    """A variant's own decoder kind: the shipped kind where the variant has that decoder
+    (the unimodal baselines then decode like the system they are compared with), else mlp."""
+    from disac_ros.core.training.decoder import decoder_dir
+    shipped = str(_model_json(out).get('shipped_decoder', 'mlp'))
+    if modalities == 'both' or (decoder_dir(out, modalities, shipped) / 'checkpoint').is_dir():
+        return shipped
     return 'mlp'
 
 
 def cmd_stage2(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Train one aggregator."""
-    from disac_ros.core.training.stage2 import train_stage2
-    kind = args.decoder or (_shipped(Path(args.out)) if args.modalities == 'both' else 'mlp')
+    from disac_ros.core.training.stage2 import stage2_dir, train_stage2
+    own = variant_decoder(Path(args.out), args.modalities)
+    kind = args.decoder or own
+    other = kind != own
     s = train_stage2(_open(args.data), args.out, recipe, modalities=args.modalities,
                      aggregator=args.aggregator, decoder_kind=kind, val=_open(args.val),
-                     resume=args.resume, show_progress=not args.no_progress, steps=args.steps)
-    update_model_json(Path(args.out),
-                      stage2={f'{args.modalities}_{args.aggregator}': _brief(s)})
-    print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}): {s["steps"]} steps in '
-          f'{s["wall_s"]} s, loss {s["loss_first"]:.3f} -> {s["loss_last"]:.3f}')
+                     resume=args.resume, show_progress=not args.no_progress, steps=args.steps,
+                     own_folder=other)
+    folder = stage2_dir(args.out, args.modalities, args.aggregator, kind if other else '')
+    update_model_json(Path(args.out), stage2={folder.name: _brief(s)})
+    print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}) -> {folder}: '
+          f'{s["steps"]} steps in {s["wall_s"]} s, loss {s["loss_first"]:.3f} -> '
+          f'{s["loss_last"]:.3f}')
     return s
 
 
@@ -231,13 +255,17 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
         run(f'decoder both/{kind}', cmd_decoder, {'kind': kind, 'modalities': 'both',
                                                   **_DECODER_DEFAULTS})
     for mod in variants[1:]:
-        run(f'decoder {mod}/mlp', cmd_decoder, {'kind': 'mlp', 'modalities': mod,
-                                                **_DECODER_DEFAULTS})
-    aggs = [('both', 'tram')] + [('both', 'mean_pool')] * ('mean_pool' in recipe.baselines) \
-        + [(m, 'tram') for m in variants[1:]]
-    for mod, agg in aggs:
-        run(f'stage2 {mod}/{agg}', cmd_stage2, {'modalities': mod, 'aggregator': agg,
-                                                'decoder': None, 'steps': None})
+        for kind in ['mlp'] + ['device'] * ('device' in recipe.decoder.kinds):
+            run(f'decoder {mod}/{kind}', cmd_decoder, {'kind': kind, 'modalities': mod,
+                                                       **_DECODER_DEFAULTS})
+    aggs = [('both', 'tram', None)] \
+        + [('both', 'mean_pool', None)] * ('mean_pool' in recipe.baselines) \
+        + [(m, 'tram', None) for m in variants[1:]] \
+        + [('both', 'tram', k) for k in recipe.stage2.decoder_aggregators
+           if k != variant_decoder(Path(args.out), 'both')]
+    for mod, agg, kind in aggs:
+        run(f'stage2 {mod}/{agg}' + (f' ({kind})' if kind else ''), cmd_stage2,
+            {'modalities': mod, 'aggregator': agg, 'decoder': kind, 'steps': None})
     total = sum(t for _, t in times)
     print('\ntime summary:')
     for label, t in times:

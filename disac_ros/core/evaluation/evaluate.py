@@ -13,8 +13,10 @@ Methods (``rows[*].method``):
 ``mlp_decoder``           both modalities, the MLP decoder, TRAM
 ``llm_decoder``           both modalities, the LLM decoder (channel tokens), TRAM
 ``llm_no_channel_tokens`` both modalities, the LLM decoder without channel tokens, TRAM
-``rf_only``               RF-only RVFN/encoder/decoder/TRAM (unimodal baseline)
-``camera_only``           camera-only RVFN/encoder/decoder/TRAM (unimodal baseline)
+``device_decoder``        both modalities, each device's own stage-1 decoder, TRAM
+``rf_only``               RF-only RVFN/encoder/decoder/TRAM (unimodal baseline; the shipped
+                          decoder kind where the variant has it, else MLP)
+``camera_only``           camera-only RVFN/encoder/decoder/TRAM (unimodal baseline, ditto)
 ``single_device``         the shipped system with one device (each device alone, pooled)
 ``mean_pool``             both modalities, shipped decoder, mean-pool instead of TRAM
 ``digital_jpeg``          JPEG + quantised RF over the same link, delivered or lost by SNR
@@ -23,7 +25,9 @@ Methods (``rows[*].method``):
 Sweeps (``rows[*].sweep``): ``snr`` (every SNR x fading, all devices, nominal distance; SNR set
 directly), ``devices`` (K = 1..K at the reference SNR/fading), ``distance`` (SNR from the link
 budget at each distance, reference fading). LLM decoders run on ``llm_max_frames`` frames only
-(CPU cost); their rows say how many frames they used.
+(CPU cost); their rows say how many frames they used. A decoder row uses the TRAM trained on that
+decoder's output (``stage2/both_tram_<kind>``) where the model folder has one, else the shipped
+TRAM; ``aggregator_trained_on`` says which.
 """
 from __future__ import annotations
 
@@ -46,15 +50,16 @@ from disac_ros.core.evaluation.metrics import (DetectionStats, detections_from_p
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.training import common
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
-from disac_ros.core.training.decoder import decode, decoder_dir, load_decoder
+from disac_ros.core.training.decoder import (KINDS, decode, decoder_dir, device_slots,
+                                             load_decoder)
 from disac_ros.core.training.recipes import Recipe
 from disac_ros.core.training.stage1 import encode_frames, load_device_models, stage1_dir
 from disac_ros.core.training.stage2 import load_aggregator, stage2_dir
 
-METHODS = ('disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'rf_only',
-           'camera_only', 'single_device', 'mean_pool', 'digital_jpeg')
+METHODS = ('disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'device_decoder',
+           'rf_only', 'camera_only', 'single_device', 'mean_pool', 'digital_jpeg')
 _DECODER_OF = {'mlp_decoder': 'mlp', 'llm_decoder': 'llm',
-               'llm_no_channel_tokens': 'llm_no_channel_tokens'}
+               'llm_no_channel_tokens': 'llm_no_channel_tokens', 'device_decoder': 'device'}
 
 
 @dataclass
@@ -94,7 +99,8 @@ class EvalContext:
     variants: dict[str, VariantData] = field(default_factory=dict)
     digital: dict[str, Any] = field(default_factory=dict)
     decoders: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
-    aggregators: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
+    # (variant, aggregator, decoder kind it was trained on) -> model
+    aggregators: dict[tuple[str, str, str], torch.nn.Module] = field(default_factory=dict)
     shipped: str = 'mlp'
 
 
@@ -155,13 +161,18 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
     log(f'device-side pass over {len(frames)} frames x {len(devs)} devices x '
         f'{len(ctx.variants)} variants: {time.perf_counter() - t0:.1f} s')
     for mod in ctx.variants:
-        for kind in ('mlp', 'llm', 'llm_no_channel_tokens'):
+        for kind in KINDS:
             if (decoder_dir(ckpt, mod, kind) / 'checkpoint').is_dir():
                 ctx.decoders[(mod, kind)] = load_decoder(ckpt, mod, kind, recipe)
         for agg in ('tram', 'mean_pool'):
-            if (stage2_dir(ckpt, mod, agg) / 'checkpoint').is_dir():
-                ctx.aggregators[(mod, agg)] = load_aggregator(ckpt, mod, agg)
-    if ('both', 'tram') not in ctx.aggregators or ('both', shipped) not in ctx.decoders:
+            for kind in ('',) + KINDS:
+                folder = stage2_dir(ckpt, mod, agg, kind) / 'checkpoint'
+                if folder.is_dir():
+                    trained_on = kind or str(json.loads((folder / 'metadata.json').read_text())
+                                             .get('decoder', 'mlp'))
+                    ctx.aggregators[(mod, agg, trained_on)] = load_aggregator(ckpt, mod, agg,
+                                                                              kind)
+    if ('both', 'tram', shipped) not in ctx.aggregators or ('both', shipped) not in ctx.decoders:
         raise ConfigError('checkpoint', f'{ckpt}: the shipped system is incomplete (needs '
                                         f'decoders/both/{shipped} and stage2/both_tram)')
     return ctx
@@ -182,17 +193,27 @@ def _digital_features(models: dict[str, Any], fr: DeviceFrames,
     return np.concatenate(feats), pay.bytes
 
 
-def _method_plan(ctx: EvalContext, method: str) -> tuple[str, str, str] | None:
-    """(variant, decoder kind, aggregator) of a method, or None if its models are missing."""
+def _method_plan(ctx: EvalContext, method: str) -> tuple[str, str, str, str] | None:
+    """(variant, decoder kind, aggregator, decoder kind the aggregator was trained on) of a
+    method, or None if its models are missing."""
+    def own(mod: str) -> str:
+        return ctx.shipped if (mod, ctx.shipped) in ctx.decoders else 'mlp'
     plan = {'disac': ('both', ctx.shipped, 'tram'), 'single_device': ('both', ctx.shipped, 'tram'),
             'mean_pool': ('both', ctx.shipped, 'mean_pool'),
-            'rf_only': ('rf', 'mlp', 'tram'), 'camera_only': ('camera', 'mlp', 'tram'),
+            'rf_only': ('rf', own('rf'), 'tram'), 'camera_only': ('camera', own('camera'), 'tram'),
             'digital_jpeg': ('both', ctx.shipped, 'tram')}
     mod, kind, agg = plan.get(method) or ('both', _DECODER_OF[method], 'tram')
-    if mod not in ctx.variants or (mod, kind) not in ctx.decoders \
-            or (mod, agg) not in ctx.aggregators:
+    if mod not in ctx.variants or (mod, kind) not in ctx.decoders:
         return None
-    return mod, kind, agg
+    # An aggregator trained on this decoder's output, else (decoder rows) the shipped one.
+    trained = [k for (m, a, k) in ctx.aggregators if m == mod and a == agg]
+    if kind in trained:
+        return mod, kind, agg, kind
+    if method in _DECODER_OF and ctx.shipped in trained:
+        return mod, kind, agg, ctx.shipped
+    if mod != 'both' and len(trained) == 1:
+        return mod, kind, agg, trained[0]
+    return None
 
 
 @torch.no_grad()
@@ -202,7 +223,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     plan = _method_plan(ctx, method)
     if plan is None:
         return None
-    mod, kind, agg = plan
+    mod, kind, agg, trained_on = plan
     rec = ctx.recipe
     rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
                                                                        frame_limit)
@@ -214,7 +235,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     packets_n = 0
     channel = WirelessChannel(rec.channel)
     decoder = ctx.decoders[(mod, kind)]
-    model = ctx.aggregators[(mod, agg)]
+    model = ctx.aggregators[(mod, agg, trained_on)]
     var = ctx.variants[mod]
     for devs in dev_sets:
         gen = torch.Generator().manual_seed(cond.key() * 7 + sum(devs))
@@ -239,7 +260,9 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             delivered_n += int(ok.sum())
             packets_n += int(ok.size)
         else:
-            fhat = decode(decoder, out.y, out.snr_db, out.distance_m, 128).view(b, k, -1)
+            fhat = decode(decoder, out.y, out.snr_db, out.distance_m, 128,
+                          device_slots(decoder, [ctx.device_ids[d] for d in devs], b)
+                          ).view(b, k, -1)
             nb = packet.payload_bytes(rec.encoder.num_symbols, rec.eval.symbol_bits)
             sent_bytes += [float(nb)] * (b * k)
             delivered_n += b * k
@@ -273,6 +296,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             'nmse_db': ferr.nmse_db(), 'bytes_per_device_frame': float(np.mean(sent_bytes)),
             'delivered_fraction': delivered_n / max(packets_n, 1), 'num_gt': s['num_gt'],
             'decoder': kind if method != 'digital_jpeg' else 'jpeg+rf', 'aggregator': agg,
+            'aggregator_trained_on': trained_on,
             'modalities': mod}
 
 
@@ -314,7 +338,7 @@ def evaluate(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None =
             if method == 'single_device' and cond.sweep == 'devices' and len(cond.devices) > 1:
                 continue
             is_llm = method in ('llm_decoder', 'llm_no_channel_tokens') or (
-                method == 'disac' and ctx.shipped != 'mlp')
+                method == 'disac' and ctx.shipped in ('llm', 'llm_no_channel_tokens'))
             if is_llm and cond.sweep != 'snr' and method != 'disac':
                 continue   # LLM decoders are CPU-expensive: SNR sweep only
             row = run_condition(ctx, method, cond, ev.llm_max_frames if is_llm else 0)

@@ -69,6 +69,10 @@ def _builders() -> dict[str, Callable[[Mapping[str, Any], Any], nn.Module]]:
         from disac_ros.core.models.semantic_codec import MLPDecoder
         return MLPDecoder(cfgs.MLPDecoderConfig.from_dict(d))
 
+    def device_decs(d: Mapping[str, Any], _llm: Any) -> nn.Module:
+        from disac_ros.core.models.device_decoders import DeviceDecoders, DeviceDecodersConfig
+        return DeviceDecoders(DeviceDecodersConfig.from_dict(d))
+
     def llm_dec(d: Mapping[str, Any], llm: Any) -> nn.Module:
         from disac_ros.core.models.llm_decoder import LLMDecoder
         return LLMDecoder(cfgs.LLMDecoderConfig.from_dict(d), llm=llm)
@@ -82,7 +86,8 @@ def _builders() -> dict[str, Callable[[Mapping[str, Any], Any], nn.Module]]:
         return build_head(cfgs.HeadConfig.from_dict(d))
 
     return {'RVFN': rvfn, 'LocalDetector': lambda d, _l: _local_detector(d),
-            'SemanticEncoder': encoder, 'MLPDecoder': mlp, 'LLMDecoder': llm_dec, 'TRAM': tram,
+            'SemanticEncoder': encoder, 'MLPDecoder': mlp, 'DeviceDecoders': device_decs,
+            'LLMDecoder': llm_dec, 'TRAM': tram,
             'SetPredictionHead': head, 'GridHead': head}
 
 

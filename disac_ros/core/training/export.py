@@ -7,7 +7,7 @@ needs only::
 
     model.json, recipe.json
     stage1/<modalities>/<device>/checkpoint   'detector' + 'encoder' (no proxies)
-    decoders/<modalities>/<shipped>/checkpoint
+    decoders/<modalities>/<shipped>/checkpoint      (for 'device': one decoder per device)
     stage2/<modalities>_<aggregator>/checkpoint
 
 :func:`export_model` copies exactly that (weights byte for byte, so the sha256 recorded in each
@@ -129,7 +129,9 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
         f'* devices: {", ".join(model.get("devices", []))} (stage-1 RVFN + semantic encoder '
         'each, `stage1/both/<device>/checkpoint`)',
         f'* shipped decoder: `{model.get("shipped_decoder", "mlp")}` '
-        f'(`decoders/both/{model.get("shipped_decoder", "mlp")}/checkpoint`)',
+        f'(`decoders/both/{model.get("shipped_decoder", "mlp")}/checkpoint`'
+        + ('; each device\'s stage-1 decoder, trained with its encoder on its own data)'
+           if model.get('shipped_decoder') == 'device' else ')'),
         '* aggregator: TRAM (`stage2/both_tram/checkpoint`)',
         '* no trainer/optimizer state, device exports, logs or baseline models', '',
         '## Training', '',

@@ -124,7 +124,10 @@ class Stage1Recipe:
 class DecoderRecipe:
     """Receiver decoder training on exported (symbols, feature) pairs over the channel."""
 
+    # 'device' is collected from stage 1, not trained (decoder.collect_device_decoders).
     kinds: tuple[str, ...] = ('mlp', 'llm', 'llm_no_channel_tokens')
+    # The kind the system ships once trained, or 'nmse': the lowest validation NMSE.
+    shipped: str = 'nmse'
     steps: int = 3000                 # per decoder; the first of steps / max_seconds ends it
     max_seconds: float = 0.0          # 0 = no wall-clock limit
     llm_steps: int = 300
@@ -138,9 +141,11 @@ class DecoderRecipe:
     val_packets: int = 256            # packets per validation condition
 
     def __post_init__(self) -> None:
-        ok = {'mlp', 'llm', 'llm_no_channel_tokens'}
+        ok = {'mlp', 'llm', 'llm_no_channel_tokens', 'device'}
         _check(len(self.kinds) >= 1 and set(self.kinds) <= ok, 'kinds',
                f'must be a non-empty subset of {sorted(ok)}')
+        _check(self.shipped == 'nmse' or self.shipped in self.kinds, 'shipped',
+               f"must be 'nmse' or one of kinds {list(self.kinds)}, got {self.shipped!r}")
         for name in ('steps', 'llm_steps', 'batch_size', 'llm_batch_size', 'val_packets'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         for name in ('max_seconds', 'llm_max_seconds'):
@@ -166,8 +171,14 @@ class Stage2Recipe:
     # device whose grid contains it; 'sensing': only those whose own camera or radar perceives
     # it (the others need not guess, which keeps them from hallucinating).
     assign_to: str = 'covering'
+    # Decoder kinds besides the shipped one that get their own TRAM in `disac-train all`
+    # (stage2/both_tram_<kind>), so disac-eval compares decoders each with a matched aggregator.
+    decoder_aggregators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        ok = ('mlp', 'llm', 'llm_no_channel_tokens', 'device')
+        _check(set(self.decoder_aggregators) <= set(ok), 'decoder_aggregators',
+               f'must be a subset of {list(ok)}, got {list(self.decoder_aggregators)}')
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         _check(0.0 <= self.device_dropout < 1.0, 'device_dropout', 'must be in [0, 1)')
@@ -374,10 +385,11 @@ def quick_recipe() -> Recipe:
                            detect_in_device_frame=True, head=head),
         stage1=Stage1Recipe(steps=40, batch_size=8, lr=2e-3, warmup_steps=5,
                             proxy_decoder_hidden=64, eval_every=20, checkpoint_every=20),
-        decoder=DecoderRecipe(steps=300, llm_steps=20, batch_size=64, llm_batch_size=8,
-                              warmup_steps=5, val_packets=64),
+        decoder=DecoderRecipe(kinds=('mlp', 'llm', 'llm_no_channel_tokens', 'device'),
+                              shipped='device', steps=300, llm_steps=20, batch_size=64,
+                              llm_batch_size=8, warmup_steps=5, val_packets=64),
         stage2=Stage2Recipe(steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=40,
-                            checkpoint_every=40),
+                            checkpoint_every=40, decoder_aggregators=('mlp',)),
         eval=EvalRecipe(snr_db=(-5.0, 5.0, 20.0), num_devices=(1, 4), distance_m=(100.0, 400.0),
                         max_frames=24, llm_max_frames=8))
 

@@ -35,9 +35,12 @@ from disac_ros.core.training.logging import LossLog, progress
 from disac_ros.core.training.recipes import Recipe
 
 
-def stage2_dir(out: str | Path, modalities: str, aggregator: str) -> Path:
-    """Folder of one trained aggregator."""
-    return Path(out) / 'stage2' / f'{modalities}_{aggregator}'
+def stage2_dir(out: str | Path, modalities: str, aggregator: str, decoder_kind: str = '') -> Path:
+    """Folder of one trained aggregator: ``<modalities>_<aggregator>`` for the variant's own
+    decoder (the shipped one), ``..._<decoder_kind>`` for one trained on another decoder's
+    output (the decoder comparison)."""
+    return Path(out) / 'stage2' / (f'{modalities}_{aggregator}'
+                                   + (f'_{decoder_kind}' if decoder_kind else ''))
 
 
 @dataclass
@@ -83,12 +86,14 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
                  modalities: str = 'both', aggregator: str = 'tram',
                  decoder_kind: str = 'mlp', val: DisacDataset | None = None,
                  resume: bool = False, show_progress: bool = True,
-                 steps: int | None = None) -> dict[str, Any]:
+                 steps: int | None = None, own_folder: bool = False) -> dict[str, Any]:
     """
     Train the aggregator of a variant on decoded features (see module doc).
 
     :param labels_ds: the training split, used for its world-frame labels only.
     :param decoder_kind: which trained decoder turns received symbols into features.
+    :param own_folder: write to ``stage2_dir(..., decoder_kind)`` (an aggregator for a decoder
+        other than the variant's own) instead of the variant's folder.
     :return: summary (steps, wall time, loss at start/end, validation metrics).
     """
     common.set_threads(recipe.threads)
@@ -106,7 +111,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     decoder = load_decoder(out, modalities, decoder_kind, recipe)
     for p in decoder.parameters():
         p.requires_grad_(False)
-    folder = stage2_dir(out, modalities, aggregator)
+    folder = stage2_dir(out, modalities, aggregator, decoder_kind if own_folder else '')
     ckpt_dir = folder / 'checkpoint'
     torch.manual_seed(recipe.seed + 11)
     model = build_aggregator(recipe, aggregator)
@@ -193,12 +198,13 @@ def decode_fleet(fleet: FleetExports, idx: torch.Tensor, decoder: torch.nn.Modul
 
     :return: (decoded features (B, K, F), link (B, K, 2) = (snr_db, distance_m)).
     """
-    from disac_ros.core.training.decoder import decode
+    from disac_ros.core.training.decoder import decode, device_slots
     b, k = idx.shape[0], len(fleet.device_ids)
     x = fleet.symbols[idx].reshape(b * k, *fleet.symbols.shape[2:])
     cond = common.draw_conditions(rng, b * k, recipe.train_channel)
     y = common.send(channel, x, cond, common.torch_gen(rng))
-    fhat = decode(decoder, y, cond.snr_db, cond.distance_m)
+    fhat = decode(decoder, y, cond.snr_db, cond.distance_m,
+                  slot=device_slots(decoder, fleet.device_ids, b))
     link = torch.stack((cond.snr_db, cond.distance_m), dim=-1)
     return fhat.view(b, k, -1), link.view(b, k, 2)
 
@@ -208,7 +214,7 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
                     fleet: FleetExports, recipe: Recipe, modalities: str) -> dict[str, float]:
     """World-frame detection metrics, all devices present, 10 dB Rayleigh at 100 m."""
     from disac_ros.core.evaluation.metrics import DetectionStats
-    from disac_ros.core.training.decoder import decode
+    from disac_ros.core.training.decoder import decode, device_slots
     model.eval()
     stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
     channel = WirelessChannel(recipe.channel)
@@ -222,7 +228,8 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
         snr = torch.full((b * k,), 10.0)
         dist = torch.full((b * k,), recipe.eval.nominal_distance_m)
         y = channel(x, dist, snr, fading='rayleigh', generator=gen).y
-        fhat = decode(decoder, y, snr, dist).view(b, k, -1)
+        fhat = decode(decoder, y, snr, dist,
+                      slot=device_slots(decoder, fleet.device_ids, b)).view(b, k, -1)
         link = torch.stack((snr, dist), -1).view(b, k, 2)
         pred = model(fhat, torch.ones(b, k, dtype=torch.bool), fleet.pose[idx], link,
                      slots.expand(b, k)).prediction
@@ -233,10 +240,11 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
     return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
 
 
-def load_aggregator(out: str | Path, modalities: str, aggregator: str) -> TRAM:
-    """Load a trained aggregator."""
+def load_aggregator(out: str | Path, modalities: str, aggregator: str,
+                    decoder_kind: str = '') -> TRAM:
+    """Load a trained aggregator (``decoder_kind``: see :func:`stage2_dir`)."""
     from disac_ros.core.models.checkpoint import load_checkpoint
-    model = load_checkpoint(stage2_dir(out, modalities, aggregator) / 'checkpoint'
+    model = load_checkpoint(stage2_dir(out, modalities, aggregator, decoder_kind) / 'checkpoint'
                             ).models['aggregator']
     model.eval()
     return model  # type: ignore[return-value]
