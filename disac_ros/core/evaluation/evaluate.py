@@ -341,6 +341,8 @@ def evaluate(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None =
                 method == 'disac' and ctx.shipped in ('llm', 'llm_no_channel_tokens'))
             if is_llm and cond.sweep != 'snr' and method != 'disac':
                 continue   # LLM decoders are CPU-expensive: SNR sweep only
+            if method == 'device_decoder' and ctx.shipped == 'device' and cond.sweep != 'snr':
+                continue   # the same models as disac: shown in the decoder comparison only
             row = run_condition(ctx, method, cond, ev.llm_max_frames if is_llm else 0)
             if row is not None:
                 rows.append(row)

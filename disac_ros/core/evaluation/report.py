@@ -105,6 +105,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"{meta.get('devices')}, shipped decoder `{meta.get('shipped_decoder')}`.", '',
              'Accuracy = ' + FORMULAS['accuracy'] + '. RMSE over matched objects. NMSE of the '
              'decoded vs transmitted feature. Bytes = payload per device per frame.', '']
+    pairs = {(r['method'], r.get('decoder'), r.get('aggregator_trained_on'))
+             for r in result['rows'] if r.get('aggregator_trained_on')}
+    if pairs:
+        lines += ['Decoder / aggregator of each method (the aggregator was trained on that '
+                  'decoder\'s output unless they differ): ' + ', '.join(
+                      f'{m}: {d} / TRAM on {t}' for m, d, t in sorted(pairs)) + '.', '']
     for sweep, title in (('snr', 'SNR sweep (all devices, SNR set directly)'),
                          ('devices', 'Number of devices K (reference SNR and fading)'),
                          ('distance', 'Distance sweep (SNR from the link budget)')):
