@@ -253,3 +253,11 @@ def test_runner_reports_a_failing_node_and_exits_1(tmp_path):
     assert rc == 1, out
     assert 'configuration error: world.rate_hz' in out and '-1.0' in out   # names the bad parameter
     assert '/world exited with code 2 (not restarted)' in out and 'all nodes have exited' in out
+
+
+def test_a_stalled_first_step_moves_the_stamps_on_by_whole_periods_only():
+    from disac_ros.nodes.world_node import stall_catch_up_s
+    assert stall_catch_up_s(3.73, 0.1) == pytest.approx(3.7)     # 37 periods lost compiling
+    assert stall_catch_up_s(0.08, 0.1) == 0.0                    # jitter: no shift
+    assert stall_catch_up_s(-0.02, 0.1) == 0.0                   # early: never backwards
+    assert stall_catch_up_s(0.5, 0.25) == pytest.approx(0.5)

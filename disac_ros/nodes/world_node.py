@@ -77,6 +77,12 @@ def default_scenario_path() -> Path:
     return Path(__file__).resolve().parents[2] / 'config' / 'scenarios' / 'default.yaml'
 
 
+def stall_catch_up_s(lost_s: float, period_s: float) -> float:
+    """Seconds to move the stamps on after a stalled first step: the whole periods lost (a part
+    period is normal jitter and moving by it would bias every later stamp late)."""
+    return math.floor(max(lost_s, 0.0) / period_s) * period_s
+
+
 class WorldNode(Node):
     """Steps a World on a wall timer and publishes its sensors, poses and ground truth."""
 
@@ -155,7 +161,7 @@ class WorldNode(Node):
             # install): move the stamps on by the whole periods it lost, so that every later stamp
             # does not trail wall time by the stall (a normal first step loses none).
             lost = time.time() - (self.world.time_s + self._stamp_offset)
-            self._stamp_offset += math.floor(max(lost, 0.0) / self.period) * self.period
+            self._stamp_offset += stall_catch_up_s(lost, self.period)
         frame = self.world.step()
         t_stepped = time.monotonic()
         stamp = cv.time_to_msg(frame.time_s + self._stamp_offset)
