@@ -84,7 +84,9 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     low = [r['delivered_fraction'] for r in digital if r['snr_db'] == -5.0]
     assert low and max(low) == 0.0          # the cliff: nothing gets through at -5 dB
     assert 'relative_accuracy_gain_pct' in metrics['comparisons']['formulas']
-    assert (out / 'metrics.md').read_text().startswith('# DiSAC evaluation')
+    report = (out / 'metrics.md').read_text()
+    assert report.startswith('# DiSAC evaluation')
+    assert '## Decoder comparison' in report and '| device_decoder | device | device |' in report
     assert {p.name for p in out.glob('*.png')} >= {'vs_snr_awgn.png', 'vs_snr_rayleigh.png',
                                                    'vs_devices.png', 'vs_distance.png'}
 

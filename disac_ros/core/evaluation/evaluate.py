@@ -351,6 +351,7 @@ def evaluate(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None =
             'test_seeds': test.manifest.get('seeds'), 'frames': int(len(ctx.frames)),
             'devices': ctx.device_ids, 'shipped_decoder': ctx.shipped,
             'recipe': ctx.recipe.name, 'eval': ctx.recipe.to_dict()['eval'],
+            'train_channel': ctx.recipe.to_dict()['train_channel'],
             'wall_s': round(time.perf_counter() - t0, 1),
             'methods_missing': sorted({m for m in methods} - {r['method'] for r in rows})}
     return {'rows': rows, 'comparisons': comparisons(rows, ev, len(ctx.device_ids)),

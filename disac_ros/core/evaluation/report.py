@@ -96,6 +96,41 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+DECODER_METHODS = ('disac', 'device_decoder', 'mlp_decoder', 'llm_decoder',
+                   'llm_no_channel_tokens')
+
+
+def decoder_table(rows: Sequence[dict], train_channel: dict | None = None) -> list[str]:
+    """Markdown lines: accuracy / NMSE (dB) of every decoder method against SNR, one table per
+    fading (the SNR sweep's rows, compact). Empty when no decoder rows exist."""
+    sel = [r for r in rows if r['sweep'] == 'snr' and r['method'] in DECODER_METHODS]
+    if not sel:
+        return []
+    snrs = sorted({r['snr_db'] for r in sel})
+    out = ['## Decoder comparison (SNR sweep; accuracy / NMSE dB)', '']
+    if train_channel and train_channel.get('snr_db'):
+        lo, hi = train_channel['snr_db']
+        out += [f'Decoders and TRAM were trained on SNR {lo:g} to {hi:g} dB; columns outside '
+                'are beyond the training range.', '']
+    for fading in dict.fromkeys(r['fading'] for r in sel):
+        out += [f'{fading}:', '',
+                '| method | decoder | TRAM trained on | frames | '
+                + ' | '.join(f'{s:g} dB' for s in snrs) + ' |',
+                '|' + '---|' * (4 + len(snrs))]
+        for method in DECODER_METHODS:
+            mine = {r['snr_db']: r for r in sel if r['method'] == method and r['fading'] == fading}
+            if not mine:
+                continue
+            any_row = next(iter(mine.values()))
+            cells = [f"{_fmt(mine[s]['accuracy'])} / {_fmt(mine[s]['nmse_db'])}" if s in mine
+                     else '–' for s in snrs]
+            out.append(f"| {method} | {any_row.get('decoder')} | "
+                       f"{any_row.get('aggregator_trained_on', '?')} | {any_row.get('frames')} | "
+                       + ' | '.join(cells) + ' |')
+        out.append('')
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Markdown tables of every row, grouped by sweep, plus the comparisons."""
     meta = result.get('meta', {})
@@ -123,6 +158,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append('| ' + ' | '.join(_fmt(r.get(c)) for c in TABLE_COLUMNS
                                            if c != 'sweep') + ' |')
         lines.append('')
+    lines += decoder_table(result['rows'], meta.get('train_channel'))
     comp = result.get('comparisons', {})
     lines += ['## Comparisons with the unimodal baselines', '']
     for key, formula in FORMULAS.items():
