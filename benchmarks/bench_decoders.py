@@ -7,7 +7,8 @@ Times (median of ``--repeats`` runs after ``--warmup`` runs, ``torch.set_num_thr
 * every model is built from the default training recipe (``config/train_default.yaml``, the
   shipped configuration: polar RVFN, L = 256 symbols, 512-value features), untrained weights;
 * RVFN, one frame: image (1, 3, 128, 128) + RF (1, 2, 32, 128);
-* semantic encoder, MLP decoder, LLM decoder (with and without channel tokens), batch of 4
+* semantic encoder, MLP decoder, the per-device decoders, LLM decoder (with and without channel
+  tokens), batch of 4
   packets; the LLM decoder uses the real SmolLM2-135M (bf16) unless ``--tiny-llm`` or the
   package is missing;
 * TRAM and the mean-pool baseline, one frame of K = 4 devices.
@@ -34,7 +35,9 @@ import torch  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
+from disac_ros.core.models.device_decoders import DeviceDecoders  # noqa: E402
 from disac_ros.core.models.llm_decoder import LLMDecoder  # noqa: E402
+from disac_ros.core.training.stage1 import build_device_models  # noqa: E402
 from disac_ros.core.models.llm_loader import (LLMLoadError, load_causal_lm,  # noqa: E402
                                               write_tiny_llm)
 from disac_ros.core.models.rvfn import RVFN  # noqa: E402
@@ -94,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 
     mlp = MLPDecoder(rec.mlp_decoder)
     record('mlp_decoder', mlp, lambda: mlp(y, snr, dist), f'4 packets, L={n_sym}')
+
+    # The shipped kind: each device's stage-1 decoder, one packet each.
+    dev_decs = DeviceDecoders.from_decoders(
+        ['dev0', 'dev1', 'dev2', 'dev3'],
+        [build_device_models(rec)['proxy_decoder'] for _ in range(4)])
+    slot = torch.arange(4)
+    record('device_decoders', dev_decs, lambda: dev_decs(y, snr, dist, slot),
+           f'4 packets, one per device, L={n_sym}')
 
     llm_name = 'smollm2'
     tmp = None
