@@ -11,8 +11,9 @@ truth of each frame (aggregator-side label information; no image or RF member is
 4. asks TRAM for the objects sensed by the *present* devices, in the world frame (set loss).
 
 Output folder ``OUT/stage2/<modalities>_<aggregator>/`` (``..._<decoder kind>/`` for an aggregator
-trained on a decoder other than the variant's own, for the decoder comparison): ``checkpoint/`` (the aggregator model,
-config, seeds, metrics, optimizer state), ``train_log.{csv,jsonl}``, ``summary.json``.
+trained on a decoder other than the variant's own, for the decoder comparison): ``checkpoint/``
+(the aggregator model, config, seeds, metrics, optimizer state), ``train_log.{csv,jsonl}``,
+``summary.json``.
 """
 from __future__ import annotations
 
