@@ -13,8 +13,8 @@ position, the shipped decoder, TRAM) once; every query scoring >= 0.3 is cached,
 accuracy, position RMSE). Each row also gives the per-frame detection metrics of
 ``disac-eval`` (accuracy, precision, recall of the merged detections against the visible objects,
 2 m gate). Same queries for every row, so the rows compare settings side by side. The link node's
-8-bit re-quantisation, packet loss and delays are left out; the first ``--warmup-s`` seconds of each seed are not scored (the ROS
-demo's scorer skips its warm-up the same way).
+8-bit re-quantisation, packet loss and delays are left out; the first ``--warmup-s`` seconds of
+each seed are not scored (the ROS demo's scorer skips its warm-up the same way).
 
 Named tracker configs (``--configs``): ``default`` (TrackerConfig()), ``fleet`` (the ``tracker:``
 section of config/fleet.yaml when it has one) and any ``key=value;key=value`` override string,

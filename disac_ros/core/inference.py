@@ -45,10 +45,11 @@ from disac_ros.core.models.config import ChannelConfig
 from disac_ros.core.rf import radar_features
 from disac_ros.core.rf_config import RadarConfig
 from disac_ros.core.tracking import NUM_CLASSES, Detection
+from disac_ros.core.training.recipes import DECODER_KINDS
 
 MODEL_ENV = 'DISAC_MODEL_DIR'
 DEFAULT_MODEL_NAME = 'default'
-DECODER_CHOICES = ('shipped', 'mlp', 'llm', 'llm_no_channel_tokens', 'device')
+DECODER_CHOICES = ('shipped',) + DECODER_KINDS
 
 
 class ModelError(DisacError):

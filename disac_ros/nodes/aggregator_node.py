@@ -39,6 +39,7 @@ from disac_ros.core.detection_fusion import FUSION_METHODS, FusionConfig
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.packet import CODEC_VERSION, dequantize
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
+from disac_ros.core.training.recipes import DECODER_KINDS
 from disac_ros.core.tracking import MultiObjectTracker, Track, TrackerConfig
 from disac_ros.core.types import SENSED_CAMERA, SENSED_RF
 from disac_ros.nodes import conversions as cv
@@ -64,7 +65,7 @@ PARAMS = (
     Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
     Param('decoder', 'shipped', "semantic decoder: the model's shipped one, or device (each "
           "device's own) / mlp / llm / llm_no_channel_tokens",
-          choices=('shipped', 'device', 'mlp', 'llm', 'llm_no_channel_tokens')),
+          choices=('shipped',) + DECODER_KINDS),
     Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
     Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '

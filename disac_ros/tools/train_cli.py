@@ -32,6 +32,7 @@ import time
 from typing import Any, Sequence
 
 from disac_ros.core.errors import ConfigError, DisacError
+from disac_ros.core.training.recipes import DECODER_KINDS
 
 PROG = 'disac-train'
 MODEL_JSON = 'model.json'
@@ -66,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec = sub.add_parser('decoder', help='train a receiver decoder on all devices\' exports '
                                          'over the simulated channel')
     _common(dec, data=False)
-    dec.add_argument('--kind', default='mlp',
-                     choices=('mlp', 'llm', 'llm_no_channel_tokens', 'device'),
+    dec.add_argument('--kind', default='mlp', choices=DECODER_KINDS,
                      help="decoder kind; 'device' collects every device's stage-1 decoder "
                           '(no training)')
     dec.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))

@@ -48,13 +48,14 @@ from disac_ros.core.evaluation import baselines
 from disac_ros.core.evaluation.metrics import (DetectionStats, detections_from_prediction,
                                                FeatureError)
 from disac_ros.core.models.channel import WirelessChannel
+from disac_ros.core.models.checkpoint import load_checkpoint
 from disac_ros.core.training import common
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
 from disac_ros.core.training.decoder import (KINDS, decode, decoder_dir, device_slots,
                                              load_decoder)
 from disac_ros.core.training.recipes import Recipe
 from disac_ros.core.training.stage1 import encode_frames, load_device_models, stage1_dir
-from disac_ros.core.training.stage2 import load_aggregator, stage2_dir
+from disac_ros.core.training.stage2 import stage2_dir
 
 METHODS = ('disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'device_decoder',
            'rf_only', 'camera_only', 'single_device', 'mean_pool', 'digital_jpeg')
@@ -168,10 +169,9 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
             for kind in ('',) + KINDS:
                 folder = stage2_dir(ckpt, mod, agg, kind) / 'checkpoint'
                 if folder.is_dir():
-                    trained_on = kind or str(json.loads((folder / 'metadata.json').read_text())
-                                             .get('decoder', 'mlp'))
-                    ctx.aggregators[(mod, agg, trained_on)] = load_aggregator(ckpt, mod, agg,
-                                                                              kind)
+                    loaded = load_checkpoint(folder)
+                    trained_on = kind or str(loaded.metadata.get('decoder', 'mlp'))
+                    ctx.aggregators[(mod, agg, trained_on)] = loaded.models['aggregator'].eval()
     if ('both', 'tram', shipped) not in ctx.aggregators or ('both', shipped) not in ctx.decoders:
         raise ConfigError('checkpoint', f'{ckpt}: the shipped system is incomplete (needs '
                                         f'decoders/both/{shipped} and stage2/both_tram)')

@@ -33,10 +33,10 @@ from disac_ros.core.models.checkpoint import load_checkpoint
 from disac_ros.core.training import common
 from disac_ros.core.training.data import load_export
 from disac_ros.core.training.logging import LossLog, progress
-from disac_ros.core.training.recipes import Recipe
+from disac_ros.core.training.recipes import DECODER_KINDS, Recipe
 
-TRAINED_KINDS = ('mlp', 'llm', 'llm_no_channel_tokens')
-KINDS = TRAINED_KINDS + ('device',)
+KINDS = DECODER_KINDS
+TRAINED_KINDS = tuple(k for k in KINDS if k != 'device')
 VAL_SNR_DB = (-5.0, 0.0, 10.0, 20.0)
 
 
@@ -247,8 +247,9 @@ def collect_device_decoders(out: str | Path, recipe: Recipe, modalities: str = '
     from disac_ros.core.models.device_decoders import DeviceDecoders
     from disac_ros.core.training.stage1 import load_device_models, stage1_dir
     t0 = time.perf_counter()
-    train = load_exports(out, modalities, 'train')
-    ids = list(devices) if devices else sorted(train)
+    # Validation packets (the training exports only where no validation split was exported).
+    val = load_exports(out, modalities, 'val') or load_exports(out, modalities, 'train')
+    ids = list(devices) if devices else sorted(val)
     missing = [d for d in ids if not (stage1_dir(out, modalities, d) / 'checkpoint').is_dir()]
     if missing:
         raise ConfigError('stage1', f'{Path(out) / "stage1" / modalities}: no stage-1 models for '
@@ -261,7 +262,6 @@ def collect_device_decoders(out: str | Path, recipe: Recipe, modalities: str = '
                                         'proxy_decoder (an exported model folder keeps none)')
         decs.append(models['proxy_decoder'])
     dec = DeviceDecoders.from_decoders(ids, decs)
-    val = load_exports(out, modalities, 'val') or train
     rng = np.random.default_rng(recipe.seed)
     parts = [(val[d], i) for i, d in enumerate(ids) if d in val]
     vx = np.concatenate([e['symbols'] for e, _ in parts])

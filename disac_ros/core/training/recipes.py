@@ -22,6 +22,8 @@ from disac_ros.core.models import config as mc
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / 'config'
 RECIPE_FILES = {'default': 'train_default.yaml', 'quick': 'train_quick.yaml'}
+# Receiver decoder kinds (training.decoder): the trained ones, then 'device' (collected).
+DECODER_KINDS = ('mlp', 'llm', 'llm_no_channel_tokens', 'device')
 
 
 def _check(cond: bool, name: str, problem: str) -> None:
@@ -141,9 +143,8 @@ class DecoderRecipe:
     val_packets: int = 256            # packets per validation condition
 
     def __post_init__(self) -> None:
-        ok = {'mlp', 'llm', 'llm_no_channel_tokens', 'device'}
-        _check(len(self.kinds) >= 1 and set(self.kinds) <= ok, 'kinds',
-               f'must be a non-empty subset of {sorted(ok)}')
+        _check(len(self.kinds) >= 1 and set(self.kinds) <= set(DECODER_KINDS), 'kinds',
+               f'must be a non-empty subset of {sorted(DECODER_KINDS)}')
         _check(self.shipped == 'nmse' or self.shipped in self.kinds, 'shipped',
                f"must be 'nmse' or one of kinds {list(self.kinds)}, got {self.shipped!r}")
         for name in ('steps', 'llm_steps', 'batch_size', 'llm_batch_size', 'val_packets'):
@@ -176,9 +177,9 @@ class Stage2Recipe:
     decoder_aggregators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        ok = ('mlp', 'llm', 'llm_no_channel_tokens', 'device')
-        _check(set(self.decoder_aggregators) <= set(ok), 'decoder_aggregators',
-               f'must be a subset of {list(ok)}, got {list(self.decoder_aggregators)}')
+        _check(set(self.decoder_aggregators) <= set(DECODER_KINDS), 'decoder_aggregators',
+               f'must be a subset of {list(DECODER_KINDS)}, got '
+               f'{list(self.decoder_aggregators)}')
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         _check(0.0 <= self.device_dropout < 1.0, 'device_dropout', 'must be in [0, 1)')
@@ -385,7 +386,7 @@ def quick_recipe() -> Recipe:
                            detect_in_device_frame=True, head=head),
         stage1=Stage1Recipe(steps=40, batch_size=8, lr=2e-3, warmup_steps=5,
                             proxy_decoder_hidden=64, eval_every=20, checkpoint_every=20),
-        decoder=DecoderRecipe(kinds=('mlp', 'llm', 'llm_no_channel_tokens', 'device'),
+        decoder=DecoderRecipe(kinds=DECODER_KINDS,
                               shipped='device', steps=300, llm_steps=20, batch_size=64,
                               llm_batch_size=8, warmup_steps=5, val_packets=64),
         stage2=Stage2Recipe(steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=40,
