@@ -117,6 +117,9 @@ def test_train_cli_rejects_bad_input_with_clear_messages(
     assert train_cli.main(['decoder', '--out', str(tmp_path / 'm'), '--quick',
                            '--torch-device', 'tpu']) == 2
     assert 'torch_device' in capsys.readouterr().err
+    assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out',
+                           str(tmp_path / 'm'), '--quick', '--torch-device', 'tpu']) == 2
+    assert 'torch_device' in capsys.readouterr().err
 
 
 def test_eval_cli_rejects_a_folder_that_is_not_a_model(tmp_path: Path,

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       'it, else mlp); another kind trains into '
                                       'stage2/<variant>_<aggregator>_<kind>')
     s2.add_argument('--steps', type=int, help='total steps (override the recipe)')
+    s2.add_argument('--torch-device', default='cpu',
+                    help="where the decoder and the aggregator run: 'cpu' (default) or 'cuda'; "
+                         'the channel and the labels stay on the CPU')
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
     a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
@@ -217,7 +220,7 @@ def cmd_stage2(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     s = train_stage2(_open(args.data), args.out, recipe, modalities=args.modalities,
                      aggregator=args.aggregator, decoder_kind=kind, val=_open(args.val),
                      resume=args.resume, show_progress=not args.no_progress, steps=args.steps,
-                     own_folder=other)
+                     own_folder=other, torch_device=getattr(args, 'torch_device', 'cpu'))
     folder = stage2_dir(args.out, args.modalities, args.aggregator, kind if other else '')
     update_model_json(Path(args.out), stage2={folder.name: _brief(s)})
     print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}) -> {folder}: '

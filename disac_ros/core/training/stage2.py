@@ -88,7 +88,8 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
                  modalities: str = 'both', aggregator: str = 'tram',
                  decoder_kind: str = 'mlp', val: DisacDataset | None = None,
                  resume: bool = False, show_progress: bool = True,
-                 steps: int | None = None, own_folder: bool = False) -> dict[str, Any]:
+                 steps: int | None = None, own_folder: bool = False,
+                 torch_device: str = 'cpu') -> dict[str, Any]:
     """
     Train the aggregator of a variant on decoded features (see module doc).
 
@@ -96,9 +97,12 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     :param decoder_kind: which trained decoder turns received symbols into features.
     :param own_folder: write to ``stage2_dir(..., decoder_kind)`` (an aggregator for a decoder
         other than the variant's own) instead of the variant's folder.
+    :param torch_device: where the decoder and the aggregator run ('cpu', 'cuda'); the channel,
+        the labels and the assignment stay on the CPU, so a run draws the same batches anywhere.
     :return: summary (steps, wall time, loss at start/end, validation metrics).
     """
     common.set_threads(recipe.threads)
+    dev = common.torch_device(torch_device)
     r2 = recipe.stage2
     total = int(steps if steps is not None else r2.steps)
     labels = AggregatorLabels(labels_ds)
@@ -110,28 +114,29 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
         if vexp:
             vl = AggregatorLabels(val)
             val_data = (vl, FleetExports.from_exports(vexp, val.device_ids, len(vl)))
-    decoder = load_decoder(out, modalities, decoder_kind, recipe)
+    decoder = load_decoder(out, modalities, decoder_kind, recipe).to(dev)
     for p in decoder.parameters():
         p.requires_grad_(False)
     folder = stage2_dir(out, modalities, aggregator, decoder_kind if own_folder else '')
     ckpt_dir = folder / 'checkpoint'
     torch.manual_seed(recipe.seed + 11)
-    model = build_aggregator(recipe, aggregator)
+    model = build_aggregator(recipe, aggregator).to(dev)
     params = common.trainable(model)
     opt = common.make_optimizer([{'params': params, 'lr': r2.lr}], r2.weight_decay)
     start = 0
     if resume and (ckpt_dir / 'config.json').is_file():
         start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, opt)
     log = LossLog(folder, resume_from=start if resume else None)
-    criterion = build_criterion(recipe.loss, recipe.tram.head)
+    criterion = build_criterion(recipe.loss, recipe.tram.head).to(dev)
     channel = WirelessChannel(recipe.channel)
     k = len(fleet.device_ids)
-    slots = torch.as_tensor(fleet.slots, dtype=torch.long)
+    slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev)
     meta = {'stage': 'stage2', 'modalities': modalities, 'aggregator': aggregator,
             'decoder': decoder_kind, 'devices': fleet.device_ids, 'recipe': recipe.to_dict(),
             'seeds': {'recipe_seed': recipe.seed,
                       'train_data_seeds': labels_ds.manifest.get('seeds')},
-            'inputs': 'device exports (symbols, pose) + world-frame labels; no raw sensor data'}
+            'inputs': 'device exports (symbols, pose) + world-frame labels; no raw sensor data',
+            'torch_device': common.device_name(dev)}
     metrics: dict[str, Any] = {}
     t0 = time.perf_counter()
     bar = progress(total, start, f'stage2 {modalities}/{aggregator}', show_progress)
@@ -154,8 +159,11 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
                 f = labels.sensed_by(int(i), on[n], fleet.slots, modalities)
                 sensed[n, :len(f)] = torch.from_numpy(f)
         present_t = torch.as_tensor(present)
-        out_ = model(feats, present_t, fleet.pose[idx], link, slots.expand(b, k))
-        loss_d = criterion(out_.prediction, targets, pose=fleet.pose[idx], present=present_t,
+        pose = fleet.pose[idx]
+        out_ = model(feats.to(dev), present_t.to(dev), pose.to(dev), link.to(dev),
+                     slots.expand(b, k))
+        # Pose and presence stay on the CPU for the criterion: its cell assignment runs there.
+        loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t,
                            sensed=sensed)
         loss = loss_d['loss']
         common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
@@ -184,7 +192,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     rows = log.read()
     n10 = max(1, len(rows) // 10)
     summary = {'modalities': modalities, 'aggregator': aggregator, 'decoder': decoder_kind,
-               'steps': total, 'resumed_from': start,
+               'steps': total, 'resumed_from': start, 'torch_device': common.device_name(dev),
                'wall_s': round(time.perf_counter() - t0, 2),
                'loss_first': float(np.mean([r['loss'] for r in rows[:n10]])) if rows else None,
                'loss_last': float(np.mean([r['loss'] for r in rows[-n10:]])) if rows else None,
@@ -216,13 +224,15 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
                     fleet: FleetExports, recipe: Recipe, modalities: str) -> dict[str, float]:
     """World-frame detection metrics, all devices present, 10 dB Rayleigh at 100 m."""
     from disac_ros.core.evaluation.metrics import DetectionStats
+    from disac_ros.core.models.heads import SetPrediction
     from disac_ros.core.training.decoder import decode, device_slots
     model.eval()
+    dev = next(model.parameters()).device
     stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
     channel = WirelessChannel(recipe.channel)
     gen = torch.Generator().manual_seed(recipe.eval.seed)
     k = len(fleet.device_ids)
-    slots = torch.as_tensor(fleet.slots, dtype=torch.long)
+    slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev)
     for start in range(0, len(labels), 32):
         idx = torch.arange(start, min(start + 32, len(labels)))
         b = len(idx)
@@ -233,8 +243,9 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
         fhat = decode(decoder, y, snr, dist,
                       slot=device_slots(decoder, fleet.device_ids, b)).view(b, k, -1)
         link = torch.stack((snr, dist), -1).view(b, k, 2)
-        pred = model(fhat, torch.ones(b, k, dtype=torch.bool), fleet.pose[idx], link,
-                     slots.expand(b, k)).prediction
+        pred = model(fhat.to(dev), torch.ones(b, k, dtype=torch.bool, device=dev),
+                     fleet.pose[idx].to(dev), link.to(dev), slots.expand(b, k)).prediction
+        pred = SetPrediction(pred.logits.cpu(), pred.position.cpu(), pred.velocity.cpu())
         targets = collate_targets([labels.objects(int(i), fleet.slots, modalities)
                                    for i in idx])
         stats.add_batch(pred, targets, recipe.eval.score_threshold)
