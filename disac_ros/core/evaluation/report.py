@@ -87,6 +87,8 @@ def comparisons(rows: Sequence[dict], ev: Any, kmax: int) -> dict[str, Any]:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:      # a NaN read back from metrics.json (written there as null)
+        return '–'
     if isinstance(v, bool):
         return str(v)
     if isinstance(v, float):
