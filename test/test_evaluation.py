@@ -120,3 +120,7 @@ def test_report_writes_strict_json_markdown_and_plots(tmp_path: Path) -> None:
     assert pngs == ['vs_devices.png', 'vs_snr_rayleigh.png']
     assert all((tmp_path / p).read_bytes()[:4] == b'\x89PNG' for p in pngs)
     assert markdown(result).count('\n') > 10
+    # A report re-rendered from metrics.json (NaN stored as null) shows the same dashes.
+    reread = markdown(json.loads(files['json'].read_text()))
+    table = [line for line in reread.splitlines() if line.startswith('|')]
+    assert not any('None' in line for line in table) and reread.count('–') == md.count('–')
