@@ -41,6 +41,16 @@ def test_detection_stats_accuracy_precision_recall_rmse() -> None:
     assert m['recall'] == pytest.approx(2 / 4)
     assert m['position_rmse_m'] == pytest.approx(1.0)
     assert m['velocity_rmse_m'] == pytest.approx(math.sqrt(0.5))
+    # per class: the car found as a car, the truck found as a pedestrian, both cyclists missed
+    pc = s.per_class()
+    conf = np.array(pc['confusion'])
+    assert conf[1, 1] == 1 and conf[2, 3] == 1 and conf[4, 0] == 2 and conf.sum() == 4
+    assert pc['per_class_accuracy']['car'] == 1.0 and pc['per_class_accuracy']['truck'] == 0.0
+    assert pc['per_class_accuracy']['cyclist'] == 0.0
+    assert math.isnan(pc['per_class_accuracy']['pedestrian'])      # no pedestrian in the data
+    s.add_frame(np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2)), np.array([9]),
+                np.zeros((1, 2)), np.zeros((1, 2)))               # unknown id: not in the table
+    assert np.array(s.per_class()['confusion']).sum() == 4
 
 
 def test_detections_use_the_object_probability_threshold() -> None:
@@ -120,6 +130,15 @@ def test_report_writes_strict_json_markdown_and_plots(tmp_path: Path) -> None:
     assert pngs == ['vs_devices.png', 'vs_snr_rayleigh.png']
     assert all((tmp_path / p).read_bytes()[:4] == b'\x89PNG' for p in pngs)
     assert markdown(result).count('\n') > 10
+    assert '## Per class' not in md                     # rows without per-class counts
+    per = {'per_class_accuracy': {'car': 0.9, 'truck': float('nan'), 'pedestrian': 0.5,
+                                  'cyclist': 0.25},
+           'confusion': [[0] * 5, [1, 9, 0, 0, 0], [0] * 5, [1, 0, 0, 1, 0], [1, 0, 0, 2, 1]]}
+    rows[0].update(per)
+    text = markdown({'rows': rows, 'comparisons': comparisons(rows, ev, 4), 'meta': {}})
+    assert '## Per class (K = 4, rayleigh, 10.0 dB)' in text
+    assert '| disac | 0.900 | – | 0.500 | 0.250 | 10 |' in text
+    assert '| cyclist | 1 | 0 | 0 | 2 | 1 |' in text
     # A report re-rendered from metrics.json (NaN stored as null) shows the same dashes.
     reread = markdown(json.loads(files['json'].read_text()))
     table = [line for line in reread.splitlines() if line.startswith('|')]

@@ -87,6 +87,10 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     report = (out / 'metrics.md').read_text()
     assert report.startswith('# DiSAC evaluation')
     assert '## Decoder comparison' in report and '| device_decoder | device | device |' in report
+    assert '## Per class (K = 4, rayleigh, 10.0 dB)' in report      # accuracy per class + confusion
+    ref = next(r for r in ours if r['K'] == 4 and r['fading'] == 'rayleigh'
+               and r['snr_db'] == 10.0)
+    assert sum(map(sum, ref['confusion'])) == ref['num_gt']    # every object: a class or a miss
     assert {p.name for p in out.glob('*.png')} >= {'vs_snr_awgn.png', 'vs_snr_rayleigh.png',
                                                    'vs_devices.png', 'vs_distance.png'}
 

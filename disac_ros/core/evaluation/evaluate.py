@@ -297,7 +297,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             'delivered_fraction': delivered_n / max(packets_n, 1), 'num_gt': s['num_gt'],
             'decoder': kind if method != 'digital_jpeg' else 'jpeg+rf', 'aggregator': agg,
             'aggregator_trained_on': trained_on,
-            'modalities': mod}
+            'modalities': mod, **stats.per_class()}
 
 
 def common_snr(channel: WirelessChannel, distance_m: float) -> float:

@@ -13,6 +13,10 @@ apart than ``gate_m`` (default 2 m) are never matched. Over all frames::
     position_rmse_m  = sqrt(mean over matched pairs of |p_hat - p|^2)  (2-D, metres)
     velocity_rmse_m  = sqrt(mean over matched pairs of |v_hat - v|^2)  (2-D, m/s)
     nmse_db          = 10 log10(sum |f_hat - f|^2 / sum |f|^2)        (decoded vs sent feature)
+
+Per class (:meth:`DetectionStats.per_class`): a confusion matrix, rows = ground-truth class id,
+columns = the class of the detection matched to it (column 0 = missed), and each class's accuracy
+(its diagonal / its row), so a miss and a wrong class are told apart.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.losses import SetTargets
+from disac_ros.core.types import CLASS_NAMES
 
 _BIG = 1e9
 
@@ -69,6 +74,15 @@ class DetectionStats:
         self.correct = 0
         self.pos_sq = 0.0
         self.vel_sq = 0.0
+        n = len(CLASS_NAMES)
+        self.confusion = np.zeros((n, n), dtype=np.int64)   # gt class x matched class (0 = missed)
+
+    def _confuse(self, gt_cls: np.ndarray, got: np.ndarray) -> None:
+        gt = np.asarray(gt_cls, dtype=np.int64).reshape(-1)
+        got = np.asarray(got, dtype=np.int64).reshape(-1)
+        n = len(CLASS_NAMES)
+        ok = (gt >= 0) & (gt < n) & (got >= 0) & (got < n)   # ids beyond the table are not counted
+        np.add.at(self.confusion, (gt[ok], got[ok]), 1)
 
     def add_frame(self, det_cls: np.ndarray, det_pos: np.ndarray, det_vel: np.ndarray,
                   gt_cls: np.ndarray, gt_pos: np.ndarray, gt_vel: np.ndarray) -> None:
@@ -78,6 +92,10 @@ class DetectionStats:
         self.num_gt += len(gt_cls)
         self.num_det += len(det_cls)
         self.matched += len(rows)
+        got = np.zeros(len(gt_cls), dtype=np.int64)
+        if len(rows):
+            got[cols] = np.asarray(det_cls, dtype=np.int64)[rows]
+        self._confuse(gt_cls, got)
         if len(rows):
             self.correct += int((np.asarray(det_cls)[rows] == np.asarray(gt_cls)[cols]).sum())
             dp = np.asarray(det_pos)[rows, :2] - np.asarray(gt_pos)[cols, :2]
@@ -88,6 +106,7 @@ class DetectionStats:
     def add_missed(self, gt_cls: np.ndarray) -> None:
         """A frame with no output at all (e.g. every packet lost): all its objects are missed."""
         self.num_gt += len(gt_cls)
+        self._confuse(gt_cls, np.zeros(len(gt_cls), dtype=np.int64))
 
     def add_batch(self, pred: SetPrediction, targets: SetTargets, threshold: float) -> None:
         """Add a batch of head predictions against padded SetTargets (same frame)."""
@@ -109,6 +128,17 @@ class DetectionStats:
             'velocity_rmse_m': math.sqrt(self.vel_sq / self.matched) if self.matched else nan,
             'num_gt': self.num_gt, 'num_detections': self.num_det, 'num_matched': self.matched,
         }
+
+    def per_class(self) -> dict[str, Any]:
+        """``per_class_accuracy`` {class name: accuracy, NaN without objects of that class} and
+        ``confusion`` (rows = ground-truth class id, columns = matched class id, 0 = missed)."""
+        acc = {}
+        for c, name in enumerate(CLASS_NAMES):
+            if c == 0:
+                continue
+            total = int(self.confusion[c].sum())
+            acc[name] = float(self.confusion[c, c] / total) if total else float('nan')
+        return {'per_class_accuracy': acc, 'confusion': self.confusion.tolist()}
 
 
 class FeatureError:

@@ -133,6 +133,43 @@ def decoder_table(rows: Sequence[dict], train_channel: dict | None = None) -> li
     return out
 
 
+def per_class_table(rows: Sequence[dict], reference: dict | None) -> list[str]:
+    """Markdown lines: each method's accuracy per object class at the reference condition (all
+    K devices), and the confusion matrix of ``disac`` there (a miss vs a wrong class). Empty when
+    the rows carry no per-class counts (results written before they existed)."""
+    if not reference:
+        return []
+    sel = {}
+    for r in rows:
+        if (r.get('per_class_accuracy') and r['sweep'] in ('snr', 'devices')
+                and r['K'] == reference.get('K') and r['fading'] == reference.get('fading')
+                and abs(r['snr_db'] - float(reference.get('snr_db', 0.0))) < 1e-6):
+            sel.setdefault(r['method'], r)        # the SNR sweep's row first, as in the tables
+    if not sel:
+        return []
+    names = list(next(iter(sel.values()))['per_class_accuracy'])
+    out = [f"## Per class (K = {reference.get('K')}, {reference.get('fading')}, "
+           f"{reference.get('snr_db')} dB)", '',
+           'Accuracy per ground-truth class (matched with the right class / objects of it).', '',
+           '| method | ' + ' | '.join(names) + ' | frames |', '|' + '---|' * (len(names) + 2)]
+    for method, r in sel.items():
+        acc = r['per_class_accuracy']
+        out.append(f'| {method} | ' + ' | '.join(_fmt(acc.get(n)) for n in names)
+                   + f" | {r.get('frames')} |")
+    ours = sel.get('disac')
+    if ours is not None and ours.get('confusion'):
+        conf = ours['confusion']
+        out += ['', '`disac`: ground truth (rows) against the class it was detected as (counts; '
+                '"missed" = no detection within the gate).', '',
+                '| ground truth | missed | ' + ' | '.join(names) + ' |',
+                '|' + '---|' * (len(names) + 2)]
+        for c, name in enumerate(names, start=1):
+            out.append(f'| {name} | ' + ' | '.join(str(v) for v in conf[c][:len(names) + 1])
+                       + ' |')
+    out.append('')
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Markdown tables of every row, grouped by sweep, plus the comparisons."""
     meta = result.get('meta', {})
@@ -162,6 +199,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append('')
     lines += decoder_table(result['rows'], meta.get('train_channel'))
     comp = result.get('comparisons', {})
+    lines += per_class_table(result['rows'], comp.get('reference'))
     lines += ['## Comparisons with the unimodal baselines', '']
     for key, formula in FORMULAS.items():
         lines.append(f'- `{key}` = {formula}')

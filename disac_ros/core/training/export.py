@@ -35,7 +35,7 @@ from disac_ros.core.training.stage2 import stage2_dir
 
 SHIPPED_DEVICE_MODELS = ('detector', 'encoder')
 MODEL_CARD = 'MODEL_CARD.md'
-DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Comparisons')
+DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Per class', 'Comparisons')
 _MODEL_JSON_KEYS = ('format', 'format_version', 'devices', 'shipped_decoder', 'recipe',
                     'decoder_val_nmse_db', 'timing_s')
 
