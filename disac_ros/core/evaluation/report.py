@@ -144,7 +144,7 @@ def per_class_table(rows: Sequence[dict], reference: dict | None) -> list[str]:
         if (r.get('per_class_accuracy') and r['sweep'] in ('snr', 'devices')
                 and r['K'] == reference.get('K') and r['fading'] == reference.get('fading')
                 and abs(r['snr_db'] - float(reference.get('snr_db', 0.0))) < 1e-6):
-            sel.setdefault(r['method'], r)        # the SNR sweep's row first, as in the tables
+            sel.setdefault(r['method'], r)        # one row per method: its first sweep
     if not sel:
         return []
     names = list(next(iter(sel.values()))['per_class_accuracy'])

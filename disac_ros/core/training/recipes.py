@@ -227,7 +227,8 @@ class EvalRecipe:
         _check(self.match_gate_m > 0, 'match_gate_m', 'must be > 0')
         _check(0 < self.score_threshold < 1, 'score_threshold', 'must be in (0, 1)')
         _check(self.nms_radius_m >= 0, 'nms_radius_m', 'must be >= 0')
-        _check(self.fusion in FUSION_METHODS, 'fusion', f'must be one of {", ".join(FUSION_METHODS)}')
+        _check(self.fusion in FUSION_METHODS, 'fusion',
+               f'must be one of {", ".join(FUSION_METHODS)}')
         _check(self.fusion_radius_m >= 0, 'fusion_radius_m', 'must be >= 0')
         _check(0 < self.fusion_min_score <= 1, 'fusion_min_score', 'must be in (0, 1]')
         _check(1 <= self.jpeg_quality <= 100, 'jpeg_quality', 'must be in [1, 100]')
