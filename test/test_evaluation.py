@@ -142,4 +142,5 @@ def test_report_writes_strict_json_markdown_and_plots(tmp_path: Path) -> None:
     # A report re-rendered from metrics.json (NaN stored as null) shows the same dashes.
     reread = markdown(json.loads(files['json'].read_text()))
     table = [line for line in reread.splitlines() if line.startswith('|')]
+    assert table == [line for line in md.splitlines() if line.startswith('|')]   # same rows, order
     assert not any('None' in line for line in table) and reread.count('–') == md.count('–')

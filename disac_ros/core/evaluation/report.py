@@ -211,7 +211,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ['| against | baseline | accuracy gain % | RMSE reduction % | NMSE reduction % |',
               '|---|---|---|---|---|']
     for label in ('same_K', 'single_device_K1'):
-        for base, v in comp.get(label, {}).items():
+        per = comp.get(label, {})
+        # The order comparisons() writes, also for a result read back from sorted-key JSON.
+        order = ('rf_only', 'camera_only', 'mean_over_unimodal')
+        for base in sorted(per, key=lambda name: (order + (name,)).index(name)):
+            v = per[base]
             lines.append(f"| {label} | {base} | {_fmt(v.get('relative_accuracy_gain_pct'))} | "
                          f"{_fmt(v.get('rmse_reduction_pct'))} | "
                          f"{_fmt(v.get('nmse_reduction_pct'))} |")
