@@ -139,6 +139,10 @@ def test_report_writes_strict_json_markdown_and_plots(tmp_path: Path) -> None:
     assert '## Per class (K = 4, rayleigh, 10.0 dB)' in text
     assert '| disac | 0.900 | – | 0.500 | 0.250 | 10 |' in text
     assert '| cyclist | 1 | 0 | 0 | 2 | 1 |' in text
+    # Read back from sorted-key JSON, the columns keep the class-id order of the matrix.
+    back = json.loads(json.dumps({'rows': rows, 'comparisons': comparisons(rows, ev, 4),
+                                  'meta': {}}, sort_keys=True))
+    assert markdown(back) == text
     # A report re-rendered from metrics.json (NaN stored as null) shows the same dashes.
     reread = markdown(json.loads(files['json'].read_text()))
     table = [line for line in reread.splitlines() if line.startswith('|')]

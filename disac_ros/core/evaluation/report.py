@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from disac_ros.core.types import OBJECT_CLASSES
+
 FORMULAS = {
     'relative_accuracy_gain_pct': '100 * (acc_disac - acc_baseline) / acc_baseline',
     'rmse_reduction_pct': '100 * (rmse_baseline - rmse_disac) / rmse_baseline (position RMSE, m)',
@@ -139,15 +141,18 @@ def per_class_table(rows: Sequence[dict], reference: dict | None) -> list[str]:
     the rows carry no per-class counts (results written before they existed)."""
     if not reference:
         return []
+    k, fading = reference.get('K'), reference.get('fading')
+    snr = float(reference.get('snr_db', 0.0))
     sel = {}
-    for r in rows:
-        if (r.get('per_class_accuracy') and r['sweep'] in ('snr', 'devices')
-                and r['K'] == reference.get('K') and r['fading'] == reference.get('fading')
-                and abs(r['snr_db'] - float(reference.get('snr_db', 0.0))) < 1e-6):
-            sel.setdefault(r['method'], r)        # one row per method: its first sweep
+    for method in dict.fromkeys(r['method'] for r in rows if r.get('per_class_accuracy')):
+        r = (_find(rows, method, 'snr', k, fading, snr)
+             or _find(rows, method, 'devices', k, fading, snr))
+        if r is not None and r.get('per_class_accuracy'):
+            sel[method] = r
     if not sel:
         return []
-    names = list(next(iter(sel.values()))['per_class_accuracy'])
+    # Class-id order (the confusion matrix's), not the dict's: metrics.json sorts its keys.
+    names = list(OBJECT_CLASSES)
     out = [f"## Per class (K = {reference.get('K')}, {reference.get('fading')}, "
            f"{reference.get('snr_db')} dB)", '',
            'Accuracy per ground-truth class (matched with the right class / objects of it).', '',
