@@ -220,7 +220,7 @@ def cmd_stage2(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     s = train_stage2(_open(args.data), args.out, recipe, modalities=args.modalities,
                      aggregator=args.aggregator, decoder_kind=kind, val=_open(args.val),
                      resume=args.resume, show_progress=not args.no_progress, steps=args.steps,
-                     own_folder=other, torch_device=getattr(args, 'torch_device', 'cpu'))
+                     own_folder=other, torch_device=args.torch_device)
     folder = stage2_dir(args.out, args.modalities, args.aggregator, kind if other else '')
     update_model_json(Path(args.out), stage2={folder.name: _brief(s)})
     print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}) -> {folder}: '
@@ -268,7 +268,8 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
            if k != variant_decoder(Path(args.out), 'both')]
     for mod, agg, kind in aggs:
         run(f'stage2 {mod}/{agg}' + (f' ({kind})' if kind else ''), cmd_stage2,
-            {'modalities': mod, 'aggregator': agg, 'decoder': kind, 'steps': None})
+            {'modalities': mod, 'aggregator': agg, 'decoder': kind, 'steps': None,
+             'torch_device': 'cpu'})
     total = sum(t for _, t in times)
     print('\ntime summary:')
     for label, t in times:

@@ -41,12 +41,13 @@ def detections_from_prediction(pred: SetPrediction, threshold: float,
     """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of the detections that
     :func:`fuse_detections` makes of the queries (``fusion`` None = no merging at all)."""
     fusion = fusion or FusionConfig(method='nms', radius_m=0.0)
-    probs = pred.logits.detach().float().softmax(-1)[..., 1:].numpy()
+    # Scored on the CPU, wherever the model ran.
+    probs = pred.logits.detach().float().softmax(-1)[..., 1:].cpu().numpy()
     out = []
     for b in range(probs.shape[0]):
         fused = fuse_detections(probs[b].max(-1), probs[b],
-                                pred.position[b].detach().float().numpy(),
-                                pred.velocity[b].detach().float().numpy(), threshold, fusion)
+                                pred.position[b].detach().float().cpu().numpy(),
+                                pred.velocity[b].detach().float().cpu().numpy(), threshold, fusion)
         out.append(((fused.class_index + 1).astype(np.int64), fused.position, fused.velocity))
     return out
 

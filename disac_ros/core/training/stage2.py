@@ -224,7 +224,6 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
                     fleet: FleetExports, recipe: Recipe, modalities: str) -> dict[str, float]:
     """World-frame detection metrics, all devices present, 10 dB Rayleigh at 100 m."""
     from disac_ros.core.evaluation.metrics import DetectionStats
-    from disac_ros.core.models.heads import SetPrediction
     from disac_ros.core.training.decoder import decode, device_slots
     model.eval()
     dev = next(model.parameters()).device
@@ -245,7 +244,6 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
         link = torch.stack((snr, dist), -1).view(b, k, 2)
         pred = model(fhat.to(dev), torch.ones(b, k, dtype=torch.bool, device=dev),
                      fleet.pose[idx].to(dev), link.to(dev), slots.expand(b, k)).prediction
-        pred = SetPrediction(pred.logits.cpu(), pred.position.cpu(), pred.velocity.cpu())
         targets = collate_targets([labels.objects(int(i), fleet.slots, modalities)
                                    for i in idx])
         stats.add_batch(pred, targets, recipe.eval.score_threshold)
