@@ -74,6 +74,28 @@ def test_manifest_lists_shards_devices_classes_seed_and_frames(tmp_path: Path) -
     assert 'disac-dataset generate' in card and '| pedestrian |' in card
 
 
+def test_frame_stride_samples_later_steps_of_the_same_run(tmp_path: Path) -> None:
+    """Stride 3 writes steps 0, 3, 6 of the run: the same ground truth as every step's frames."""
+    scen = load_scenario(SCEN)
+    generate(World(scen, renderer='none'), tmp_path / 'dense', seeds=[5], frames_per_seed=7)
+    generate(World(scen, renderer='none'), tmp_path / 'sparse', seeds=[5], frames_per_seed=3,
+             frame_stride=3)
+    dense, sparse = DisacDataset(tmp_path / 'dense'), DisacDataset(tmp_path / 'sparse')
+    for j, i in enumerate((0, 3, 6)):
+        a, b = dense.labels(i), sparse.labels(j)
+        assert float(b['time_s']) == pytest.approx(float(a['time_s']))
+        np.testing.assert_array_equal(b['position'], a['position'])
+        np.testing.assert_array_equal(b['object_id'], a['object_id'])
+        np.testing.assert_array_equal(b['device_pose'], a['device_pose'])
+    man = json.loads((tmp_path / 'sparse' / 'manifest.json').read_text())
+    assert man['frame_stride'] == 3 and man['frames'] == 3
+    assert 'one every 3 simulation step(s) of 0.1 s' in (tmp_path / 'sparse' /
+                                                          'DATASET_CARD.md').read_text()
+    with pytest.raises(ValueError, match='frame_stride'):
+        generate(World(scen, renderer='none'), tmp_path / 'bad', seeds=[5], frames_per_seed=1,
+                 frame_stride=0)
+
+
 def test_reader_frames_and_device_view_reads_only_its_own_raw_data(tmp_path: Path) -> None:
     world = World(load_scenario(SCEN), renderer='none')
     generate(world, tmp_path, seeds=[2], frames_per_seed=5, shard_size=2)
@@ -153,6 +175,9 @@ def test_cli_rejects_bad_input_with_a_clear_message(tmp_path: Path,
     with pytest.raises(SystemExit) as e:
         main(['generate', '--scenario', SCEN, '--frames', '0', '--seed', '0', '--out', 'z'])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(['generate', *base, '--out', str(tmp_path / 'w'), '--frame-stride', '0'])
+    assert e.value.code == 2 and '--frame-stride' in capsys.readouterr().err
     assert main(['splits', '--scenario', SCEN, '--out', str(tmp_path / 's'),
                  '--frames-per-seed', '1', '--train-seeds', '0', '--val-seeds', '0',
                  '--renderer', 'none', '--no-progress']) == 2

@@ -26,6 +26,21 @@ def _world(scenario: Any, seed: int = 0) -> World:
     return World(scenario, seed=seed, renderer='none')
 
 
+def test_skip_advances_the_traffic_without_sensing(default_scenario: Scenario) -> None:
+    stepped, skipped = _world(default_scenario, seed=3), _world(default_scenario, seed=3)
+    frames = [stepped.step() for _ in range(5)]
+    skipped.step()
+    skipped.skip(3)
+    got = skipped.step()
+    assert (got.step, got.time_s) == (4, pytest.approx(frames[4].time_s))
+    assert [o.object_id for o in got.objects] == [o.object_id for o in frames[4].objects]
+    for a, b in zip(got.objects, frames[4].objects):
+        np.testing.assert_allclose(a.position, b.position)
+    assert [d.pose for d in got.devices] == [d.pose for d in frames[4].devices]
+    with pytest.raises(ValueError, match='steps'):
+        skipped.skip(-1)
+
+
 def test_step_returns_every_device_and_object_with_the_right_shapes(
         default_scenario: Scenario) -> None:
     world = _world(default_scenario)

@@ -175,7 +175,7 @@ class DatasetWriter:
 
     def __init__(self, out_dir: str | Path, scenario: Scenario, device_info: list[dict[str, Any]],
                  num_object_slots: int, shard_size: int = 50, split: str | None = None,
-                 renderer: str = 'genesis', command: str | None = None):
+                 renderer: str = 'genesis', command: str | None = None, frame_stride: int = 1):
         if shard_size < 1:
             raise ValueError(f'shard_size: must be >= 1, got {shard_size}')
         self.out = Path(out_dir)
@@ -188,6 +188,7 @@ class DatasetWriter:
         self.split = split
         self.renderer = renderer
         self.command = command
+        self.frame_stride = int(frame_stride)
         self.rf_scale = rf.noise_std(scenario.radar)
         self.shards: list[dict[str, Any]] = []
         self.seeds: list[int] = []
@@ -277,6 +278,7 @@ class DatasetWriter:
             'seeds': list(self.seeds),
             'frames': self.frames,
             'rate_hz': sc.rate_hz,
+            'frame_stride': self.frame_stride,
             'devices': self.device_info,
             'classes': list(CLASS_NAMES),
             'object_slots': self.m,
@@ -321,6 +323,7 @@ def dataset_card(man: dict[str, Any], command: str | None = None) -> str:
     """A short Markdown card describing a dataset (from its manifest)."""
     st = man['stats']
     cam = man['image']
+    stride = int(man.get('frame_stride', 1))     # datasets written before the option: 1
     lines = [
         f'# Dataset card: {man["scenario_name"]}'
         + (f' ({man["split"]} split)' if man.get('split') else ''),
@@ -333,8 +336,8 @@ def dataset_card(man: dict[str, Any], command: str | None = None) -> str:
         '',
         '## Contents',
         '',
-        f'- frames: {man["frames"]} at {man["rate_hz"]} Hz, seeds {man["seeds"]}, '
-        f'{len(man["shards"])} shard(s)',
+        f'- frames: {man["frames"]}, one every {stride} simulation step(s) of '
+        f'{1.0 / man["rate_hz"]:g} s, seeds {man["seeds"]}, {len(man["shards"])} shard(s)',
         f'- devices ({len(man["devices"])}): '
         + ', '.join(f'{d["id"]} ({d["kind"]})' for d in man['devices']),
         f'- camera: {cam["width"]}x{cam["height"]} RGB, vertical FOV '
@@ -407,22 +410,31 @@ def device_info(world: Any) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 def generate(world: Any, out_dir: str | Path, seeds: Sequence[int], frames_per_seed: int,
              shard_size: int = 50, split: str | None = None, command: str | None = None,
-             on_frame: Callable[[], None] | None = None) -> dict[str, Any]:
+             on_frame: Callable[[], None] | None = None, frame_stride: int = 1) -> dict[str, Any]:
     """
     Run ``world`` for each seed (``world.reset(seed)``) and write a dataset folder.
+
+    ``frame_stride`` N keeps every N-th simulation step (the world advances in between without
+    sensing), so ``frames_per_seed`` frames span N times as much of each run: short runs from
+    t = 0 only ever show the vehicles near their start positions and the traffic as it was
+    spawned, which the fleet leaves behind after a few seconds.
 
     Returns the manifest plus a ``timing`` entry (also written to ``timing.json``).
     """
     if frames_per_seed < 1:
         raise ValueError(f'frames: must be >= 1, got {frames_per_seed}')
+    if frame_stride < 1:
+        raise ValueError(f'frame_stride: must be >= 1, got {frame_stride}')
     writer = DatasetWriter(out_dir, world.scenario, device_info(world), world.num_object_slots,
                            shard_size=shard_size, split=split, renderer=world.renderer_name,
-                           command=command)
+                           command=command, frame_stride=frame_stride)
     t0 = time.perf_counter()
     for seed in seeds:
         world.reset(seed)
         writer.begin_seed(seed)
-        for _ in range(frames_per_seed):
+        for i in range(frames_per_seed):
+            if i:
+                world.skip(frame_stride - 1)
             writer.add(world.step())
             if on_frame is not None:
                 on_frame()

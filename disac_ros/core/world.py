@@ -217,6 +217,16 @@ class World:
         self.last_timing = StepTiming(motion_gt=t1 - t0, render=t2 - t1, rf=t3 - t2)
         return frame
 
+    def skip(self, steps: int) -> None:
+        """Advance the traffic ``steps`` steps without sensing (no images, RF or ground truth);
+        the next :meth:`step` samples the world that much later. RF noise draws only happen in
+        :meth:`step`, so skipping is cheap and the result is still a function of the seed."""
+        if steps < 0:
+            raise ValueError(f'skip: steps must be >= 0, got {steps}')
+        for _ in range(int(steps)):
+            self.traffic.advance(self.dt)
+            self._step += 1
+
     def close(self) -> None:
         """Release the Genesis scene."""
         if self._renderer is not None:

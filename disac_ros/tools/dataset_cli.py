@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'genesis' renders camera images (default); 'none' writes black "
                              'images (RF and ground truth only, fast)')
         sp.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+        sp.add_argument('--frame-stride', type=_positive_int, default=1, metavar='N',
+                        help='keep every N-th simulation step; the traffic advances in between '
+                             'without rendering, so a seed\'s frames cover N times as long a '
+                             'run (default: 1 = every step). Training sets of short runs need '
+                             'it to see the vehicles and traffic as they are after the first '
+                             'seconds (e.g. 30 frames with stride 8 span 24 s)')
 
     g = sub.add_parser('generate', help='simulate one seed and write a dataset folder',
                        description='Simulate a scenario for N frames with one seed and write '
@@ -198,7 +204,8 @@ def _run_generation(args: argparse.Namespace, argv: Sequence[str]) -> int:
             for split, folder, seeds_, n in plan:
                 results.append(generate(world, folder, seeds_, n, shard_size=args.shard_size,
                                         split=split, command=_command_line(argv),
-                                        on_frame=lambda: bar.update(1)))
+                                        on_frame=lambda: bar.update(1),
+                                        frame_stride=args.frame_stride))
             wall = time.perf_counter() - t1
     finally:
         world.close()
