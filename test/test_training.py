@@ -176,6 +176,26 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
             torch.testing.assert_close(va, vb, msg=f'{name}.{k} differs after resume')
 
 
+def test_freeze_codec_fine_tunes_the_perception_and_keeps_the_channel_code(
+        splits: Path, tmp_path: Path) -> None:
+    from disac_ros.core.models.checkpoint import load_checkpoint
+    ds = DisacDataset(splits / 'train')
+    train_stage1(ds, 'dev1', tmp_path, tiny_recipe(), steps=2, show_progress=False)
+    folder = stage1_dir(tmp_path, 'both', 'dev1') / 'checkpoint'
+    before = load_checkpoint(folder).models
+    out = train_stage1(ds, 'dev1', tmp_path, tiny_recipe(freeze_codec=True), steps=5,
+                       resume=True, show_progress=False)
+    assert out['resumed_from'] == 2
+    after = load_checkpoint(folder).models
+    for name in ('encoder', 'proxy_decoder'):
+        for (k, va), vb in zip(before[name].state_dict().items(),
+                               after[name].state_dict().values()):
+            torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=f'{name}.{k} changed')
+    changed = [not torch.equal(va, vb) for va, vb in zip(
+        before['detector'].state_dict().values(), after['detector'].state_dict().values())]
+    assert any(changed)
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(splits: Path, tmp_path: Path) -> None:
     ds = DisacDataset(splits / 'train')
     r = tiny_recipe()

@@ -112,6 +112,10 @@ class Stage1Recipe:
     # decay to 2 % over the last decay_steps; resumable to more steps, see common.set_lr)
     lr_schedule: str = 'constant'
     decay_steps: int = 0
+    # Keep the semantic encoder and the proxy (= the device's own) decoder fixed and train only
+    # the perception (RVFN + local head): a fine-tune that leaves the channel code, and so every
+    # receiver decoder trained on it, valid.
+    freeze_codec: bool = False
 
     def __post_init__(self) -> None:
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every',

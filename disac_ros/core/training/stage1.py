@@ -182,6 +182,11 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
     start = 0
     if resume and (ckpt_dir / 'config.json').is_file():
         start, _ = common.load_training_checkpoint(ckpt_dir, models, opt)
+    if r1.freeze_codec:
+        # AdamW skips parameters without gradients (no update, no decay), so the optimizer and
+        # its saved state keep listing them and checkpoints resume either way.
+        for name in ('encoder', 'proxy_decoder'):
+            models[name].requires_grad_(False)
     log = LossLog(folder, resume_from=start if resume else None)
     criterion = build_criterion(recipe.loss, recipe.head)
     channel = WirelessChannel(recipe.channel)
