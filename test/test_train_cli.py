@@ -94,6 +94,18 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     assert {p.name for p in out.glob('*.png')} >= {'vs_snr_awgn.png', 'vs_snr_rayleigh.png',
                                                    'vs_devices.png', 'vs_distance.png'}
 
+    # benchmarks/accuracy_over_run.py on the same model: every object lands in one time bin.
+    import re
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    import accuracy_over_run
+    capsys.readouterr()
+    assert accuracy_over_run.main(['--data', str(splits / 'test'), '--models', str(model),
+                                   '--bins', '0', '0.4', '10', '--methods', 'disac']) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith('| disac |'))
+    counts = [int(n) for n in re.findall(r'\[(\d+)\]', line)]
+    assert len(counts) == 3 and counts[0] + counts[1] == counts[2] > 0
+
     # Resume: everything is already trained, so a resumed stage-2 run does no new steps.
     assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out', str(model),
                            '--resume', '--no-progress']) == 0
