@@ -180,6 +180,9 @@ def test_freeze_codec_fine_tunes_the_perception_and_keeps_the_channel_code(
         splits: Path, tmp_path: Path) -> None:
     from disac_ros.core.models.checkpoint import load_checkpoint
     ds = DisacDataset(splits / 'train')
+    with pytest.raises(ConfigError, match='freeze_codec.*no checkpoint'):   # nothing to keep yet
+        train_stage1(ds, 'dev1', tmp_path, tiny_recipe(freeze_codec=True), steps=2,
+                     show_progress=False)
     train_stage1(ds, 'dev1', tmp_path, tiny_recipe(), steps=2, show_progress=False)
     folder = stage1_dir(tmp_path, 'both', 'dev1') / 'checkpoint'
     before = load_checkpoint(folder).models

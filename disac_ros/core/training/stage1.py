@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from disac_ros.core.dataset import DisacDataset
+from disac_ros.core.errors import ConfigError
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.config import TRAMConfig
 from disac_ros.core.models.losses import build_criterion
@@ -183,6 +184,10 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
     if resume and (ckpt_dir / 'config.json').is_file():
         start, _ = common.load_training_checkpoint(ckpt_dir, models, opt)
     if r1.freeze_codec:
+        if start == 0:
+            raise ConfigError('stage1.freeze_codec', f'{device_id}: fine-tunes a trained device '
+                              f'(encoder and decoder kept), but {ckpt_dir} holds no checkpoint '
+                              'to resume; train without it first, then --resume with it')
         # AdamW skips parameters without gradients (no update, no decay), so the optimizer and
         # its saved state keep listing them and checkpoints resume either way.
         for name in ('encoder', 'proxy_decoder'):
