@@ -15,7 +15,6 @@ Prints one table per model; medians are not needed (no timing).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 import sys
 
@@ -23,7 +22,6 @@ import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from disac_ros.core.dataset import DisacDataset  # noqa: E402
 from disac_ros.core.evaluation import evaluate as ev  # noqa: E402
@@ -40,16 +38,6 @@ def time_bins(times: np.ndarray, edges: list[float]) -> list[tuple[str, np.ndarr
     return out
 
 
-def subset(ctx: ev.EvalContext, rows: np.ndarray) -> ev.EvalContext:
-    """The context restricted to some of its frames (device outputs sliced, not recomputed)."""
-    ri = torch.as_tensor(rows)
-    variants = {m: ev.VariantData(v.symbols[ri], v.feature[ri]) for m, v in ctx.variants.items()}
-    digital = {k: (v[ri] if isinstance(v, torch.Tensor) else v[rows])
-               for k, v in ctx.digital.items()}
-    return replace(ctx, frames=ctx.frames[rows], pose=ctx.pose[ri], variants=variants,
-                   digital=digital)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', required=True, help='a disac-dataset split (e.g. the test split)')
@@ -62,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--snr-db', type=float, default=10.0)
     p.add_argument('--fading', default='rayleigh', choices=('rayleigh', 'awgn'))
     args = p.parse_args(argv)
-    if len(args.bins) < 2 or any(b >= a for a, b in zip(args.bins[1:], args.bins[:-1])):
+    if len(args.bins) < 2 or any(hi <= lo for lo, hi in zip(args.bins, args.bins[1:])):
         p.error('--bins: need at least two increasing edges')
     data = DisacDataset(args.data)
     for model in args.models:
@@ -78,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             cells = []
             for _, rows in bins:
-                row = ev.run_condition(subset(ctx, rows), method, cond)
+                row = ev.run_condition(ctx, method, cond, rows=rows)
                 cells.append('–' if row is None else
                              f'{row["accuracy"]:.3f} / {row["precision"]:.2f} [{row["num_gt"]}]')
             print(f'| {method} | ' + ' | '.join(cells) + ' |', flush=True)

@@ -212,8 +212,7 @@ class World:
                        float(poses[dev.id][0][2])), float(poses[dev.id][1])),
             image=images[dev.id], rf=cubes[dev.id]) for dev in sc.devices]
         frame = WorldFrame(step=self._step, time_s=t, devices=devices, objects=objects)
-        self.traffic.advance(self.dt)
-        self._step += 1
+        self.skip(1)
         self.last_timing = StepTiming(motion_gt=t1 - t0, render=t2 - t1, rf=t3 - t2)
         return frame
 

@@ -218,15 +218,19 @@ def _method_plan(ctx: EvalContext, method: str) -> tuple[str, str, str, str] | N
 
 @torch.no_grad()
 def run_condition(ctx: EvalContext, method: str, cond: Condition,
-                  frame_limit: int = 0) -> dict[str, Any] | None:
-    """Metrics of one method under one condition (None when the method's models are absent)."""
+                  frame_limit: int = 0, rows: np.ndarray | None = None) -> dict[str, Any] | None:
+    """Metrics of one method under one condition (None when the method's models are absent).
+
+    ``rows`` scores only those indices into ``ctx.frames`` (e.g. one bin of time into the run);
+    otherwise ``frame_limit`` > 0 takes that many frames spread over all of them."""
     plan = _method_plan(ctx, method)
     if plan is None:
         return None
     mod, kind, agg, trained_on = plan
     rec = ctx.recipe
-    rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
-                                                                       frame_limit)
+    if rows is None:
+        rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
+                                                                           frame_limit)
     dev_sets = [[d] for d in cond.devices] if method == 'single_device' else [cond.devices]
     stats = DetectionStats(rec.eval.match_gate_m, rec.eval.fusion_config())
     ferr = FeatureError()
