@@ -160,3 +160,19 @@ def test_jobs_running_at_once_keep_every_model_json_entry(tmp_path: Path) -> Non
     data = json.loads((tmp_path / 'model.json').read_text())
     assert len(data['stage1']) == 4 * 20
     assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_threads_run_a_job_without_being_stored_in_the_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A stored --threads 1 once left disac-eval of the shipped model on one core.
+    out = tmp_path / 'm'
+    args = train_cli.build_parser().parse_args(['decoder', '--out', str(out), '--quick',
+                                                '--threads', '1'])
+    assert train_cli.resolve_recipe(args).threads == 1
+    stored = json.loads((out / 'recipe.json').read_text())['threads']
+    assert stored == quick_recipe().threads != 1
+    args = train_cli.build_parser().parse_args(['decoder', '--out', str(out)])
+    assert train_cli.resolve_recipe(args).threads == stored
+    assert eval_cli.main(['--checkpoint', str(out), '--out', str(tmp_path / 'o'),
+                          '--threads', '0']) == 2
+    assert '--threads: must be >= 1, got 0' in capsys.readouterr().err

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--renderer', default='genesis', choices=('genesis', 'none'),
                    help='renderer of a generated test split')
     p.add_argument('--cache', help='folder of a generated test split')
+    p.add_argument('--threads', type=int,
+                   help="torch threads (default: the model recipe's 'threads')")
     p.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return p
 
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe = load_recipe_of(ckpt)
         if args.quick:
             recipe = replace(recipe, eval=replace(quick_recipe().eval, seed=recipe.eval.seed))
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError('--threads', f'must be >= 1, got {args.threads}')
+            recipe = replace(recipe, threads=args.threads)
         if args.max_frames is not None:
             recipe = replace(recipe, eval=replace(recipe.eval, max_frames=args.max_frames))
         methods = args.methods or list(METHODS)

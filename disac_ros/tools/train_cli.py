@@ -124,11 +124,13 @@ def resolve_recipe(args: argparse.Namespace) -> Any:
         recipe = load_recipe('default')
     if args.llm:
         recipe = replace(recipe, llm=args.llm)
+    from disac_ros.core.training.common import write_json
+    # Atomic: stage-1 jobs of several devices start at once on the same folder. --threads is
+    # how this job runs, not part of the model: stored, it would leave every later job of the
+    # folder (disac-eval included) on that many threads.
+    write_json(out / RECIPE_JSON, recipe.to_dict(), sort_keys=False)
     if args.threads:
         recipe = replace(recipe, threads=args.threads)
-    from disac_ros.core.training.common import write_json
-    # Atomic: stage-1 jobs of several devices start at once on the same folder.
-    write_json(out / RECIPE_JSON, recipe.to_dict(), sort_keys=False)
     return recipe
 
 
