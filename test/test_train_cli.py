@@ -176,3 +176,5 @@ def test_threads_run_a_job_without_being_stored_in_the_model(
     assert eval_cli.main(['--checkpoint', str(out), '--out', str(tmp_path / 'o'),
                           '--threads', '0']) == 2
     assert '--threads: must be >= 1, got 0' in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--out', str(out), '--threads', '0']) == 2
+    assert 'threads: must be >= 1' in capsys.readouterr().err

@@ -129,7 +129,7 @@ def resolve_recipe(args: argparse.Namespace) -> Any:
     # how this job runs, not part of the model: stored, it would leave every later job of the
     # folder (disac-eval included) on that many threads.
     write_json(out / RECIPE_JSON, recipe.to_dict(), sort_keys=False)
-    if args.threads:
+    if args.threads is not None:
         recipe = replace(recipe, threads=args.threads)
     return recipe
 
