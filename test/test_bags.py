@@ -83,7 +83,13 @@ def test_topic_patterns():
 
 @pytest.fixture(scope='module')
 def recorded(tmp_path_factory):
-    """Record ~3 s of a running world into an MCAP bag; returns (bag path, recorder log)."""
+    """Record ~3 s of a running world into an MCAP bag; returns (bag path, recorder log).
+
+    The recorder joins a world that is already publishing, the way a user starts ``ros2 bag
+    record`` on a live robot: every topic, /tf_static included, is discovered late and /tf_static's
+    one latched message must still reach the bag. (Starting both together also raced the world's
+    first step, which compiles Genesis kernels on a fresh machine.)
+    """
     pytest.importorskip('disac_interfaces.msg', reason='needs the built workspace (scripts/setup.sh)')
     from sensor_msgs.msg import Image
 
@@ -98,15 +104,20 @@ def recorded(tmp_path_factory):
     obs.subscribe('/dev0/camera/image_raw', Image, sensor_qos(10))
     runner = Proc([sys.executable, '-m', 'disac_ros.tools.fleet', '--config', str(fleet_subset_config(tmp, ['world'])),
                    '--num-devices', str(len(DEVICES)), '-p', f'world.rate_hz={RATE_HZ}'], env, tmp / 'fleet.log')
-    topics = '[' + ', '.join(RECORD_TOPICS) + ']'
-    recorder = Proc.python('disac_ros.nodes.bag_recorder', '--ros-args', '-p', f'output:={bag}',
-                           '-p', f'topics:={topics}', '-p', 'discovery_period_s:=0.2',
-                           env=env, log=tmp / 'recorder.log')
+    recorder = None
     try:
+        assert obs.wait_for_messages(['/dev0/camera/image_raw'], 2, WORLD_START_TIMEOUT_S, alive=runner), \
+            f'the world published no frames:\n{runner.tail()}'
+        topics = '[' + ', '.join(RECORD_TOPICS) + ']'
+        recorder = Proc.python('disac_ros.nodes.bag_recorder', '--ros-args', '-p', f'output:={bag}',
+                               '-p', f'topics:={topics}', '-p', 'discovery_period_s:=0.2',
+                               env=env, log=tmp / 'recorder.log')
+
         def subscribed() -> int:
             return recorder.output().count(']: subscribed ')
-        assert obs.wait_until(lambda: subscribed() == len(RECORD_TOPICS) or recorder.proc.poll() is not None,
-                              WORLD_START_TIMEOUT_S), f'recorder did not subscribe:\n{recorder.tail()}\n{runner.tail()}'
+        assert obs.wait_until(lambda: subscribed() == len(RECORD_TOPICS) or recorder.proc.poll() is not None, 60), (
+            f'recorder did not subscribe to all of {RECORD_TOPICS}:\n{recorder.tail()}\n'
+            f'the test observer sees publishers: {graph_publishers(obs.node, RECORD_TOPICS)}\n{runner.tail()}')
         obs.clear()
         # Record until the observer has seen ~3 s of frames (event-driven, bounded).
         assert obs.wait_for_messages(['/dev0/camera/image_raw'], int(3 * RATE_HZ), 30, alive=runner), runner.tail()
@@ -114,10 +125,15 @@ def recorded(tmp_path_factory):
         assert runner.stop(timeout=30) == 0, runner.tail()
     finally:
         for p in (recorder, runner):
-            if p.proc.poll() is None:
+            if p is not None and p.proc.poll() is None:
                 p.kill()
         obs.close()
     return bag, recorder
+
+
+def graph_publishers(node, topics: list[str]) -> dict[str, int]:
+    """Publisher count per topic in ``node``'s view of the graph (tells a discovery failure apart)."""
+    return {t: node.count_publishers(t) for t in topics}
 
 
 @LIVE
