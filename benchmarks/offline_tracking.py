@@ -2,12 +2,14 @@
 
 Run: ``python benchmarks/offline_tracking.py --data TEST_SPLIT [--model models/default]
 [--fading rayleigh] [--fusions weighted:2.5 nms:1.5] [--configs default ...]
-[--thresholds 0.5 0.6 0.7]``.
+[--thresholds model 0.5 0.6 0.7]``.
 
 Every frame of the split goes through what the fleet does (device RVFN + encoder, the wireless
 channel with the SNR of the path-loss model at each device's distance from the trained receiver
 position, the shipped decoder, TRAM) once; every query scoring >= 0.3 is cached, merged by each
-``--fusions`` method (``detection_fusion.py``) at each score threshold, and replayed through
+``--fusions`` method (``detection_fusion.py``) at each ``--thresholds`` entry (a number: that one
+threshold, no calibration; ``model``: the model's fitted class weights and thresholds, as the
+aggregator node runs by default, ``score_threshold`` 0.5 without them), and replayed through
 :class:`MultiObjectTracker` for every tracker config; the tracks are scored with
 :func:`score_tracks` (the metrics of ``disac-score-tracks``: MOTA, IDF1, tracked_fraction, class
 accuracy, position RMSE). Each row also gives the per-frame detection metrics of
@@ -23,6 +25,7 @@ e.g. ``'min_hits=2;confirm_window=3;max_misses=8'``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import math
 from pathlib import Path
 import sys
@@ -44,6 +47,8 @@ from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
 from disac_ros.core.mot_scoring import (  # noqa: E402
     GtObject, score_tracks, ScoringFrame, TrackedObject)
 from disac_ros.core.tracking import Detection, MultiObjectTracker, TrackerConfig  # noqa: E402
+from disac_ros.core.training.calibration import load_calibration  # noqa: E402
+from disac_ros.core.training.stage2 import stage2_dir  # noqa: E402
 
 CACHE_THRESHOLD = 0.3       # queries are cached at this score; rows filter and merge upwards
 
@@ -55,7 +60,7 @@ def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: in
     ds = DisacDataset(data)
     devices = [DevicePipeline(model, d, threads=threads) for d in ds.device_ids]
     agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD,
-                             fusion=FusionConfig('nms', 0.0))
+                             fusion=FusionConfig('nms', 0.0), class_weights=(), class_thresholds=())
     channel = WirelessChannel(agg.channel_config)
     gen = torch.Generator().manual_seed(seed)
     ax, ay = agg.info.aggregator_xy
@@ -165,10 +170,16 @@ def main() -> int:
     p.add_argument('--fusions', nargs='+', default=['weighted:2.5'],
                    help="detection merging, METHOD:RADIUS_M each (weighted or nms; the "
                         "aggregator's detection_fusion and fusion_radius_m / nms_radius_m)")
-    p.add_argument('--thresholds', type=float, nargs='+', default=[0.5])
+    p.add_argument('--thresholds', nargs='+', default=['model'],
+                   help="score thresholds (numbers, uncalibrated) and/or 'model' (the model's "
+                        'fitted per-class calibration, the aggregator default)')
     p.add_argument('--configs', nargs='+', default=['default'])
     args = p.parse_args()
-    if any(not CACHE_THRESHOLD <= t <= 1.0 for t in args.thresholds):
+    try:
+        thresholds = [t if t == 'model' else float(t) for t in args.thresholds]
+    except ValueError:
+        p.error(f"--thresholds: numbers or 'model', got {args.thresholds}")
+    if any(t != 'model' and not CACHE_THRESHOLD <= t <= 1.0 for t in thresholds):
         p.error(f'--thresholds must lie in [{CACHE_THRESHOLD}, 1]')
     try:
         configs = {c: parse_config(c) for c in args.configs}
@@ -179,6 +190,7 @@ def main() -> int:
     except Exception as err:  # noqa: BLE001
         p.error(f'--fusions: {err}')
     model = find_model_dir(args.model)
+    calibration = load_calibration(stage2_dir(model, 'both', 'tram'))
     t0 = time.perf_counter()
     frames = detect_split(Path(args.data), model, args.fading, args.seed, args.max_frames,
                           args.threads)
@@ -191,14 +203,21 @@ def main() -> int:
           + ' | '.join(cols) + ' |')
     print('|' + '---|' * (len(det_cols) + len(cols) + 3))
     for fname, fusion in fusions.items():
-        for th in args.thresholds:
-            merged = [dict(fr, detections=merge(fr['detections'], th, fusion)) for fr in frames]
+        for th in thresholds:
+            if th == 'model':
+                row_fusion = replace(fusion, class_weights=calibration.class_weights,
+                                     class_thresholds=calibration.class_thresholds)
+                th, label = 0.5, 'model' + ('' if calibration.class_weights else ' (none)')
+            else:
+                row_fusion, label = fusion, f'{th:g}'
+            merged = [dict(fr, detections=merge(fr['detections'], th, row_fusion)) for fr in frames]
             d = detection_metrics(merged)
             dvals = ' | '.join(f'{d[c]:.3f}' for c in det_cols)
             for name, cfg in configs.items():
-                s = run_tracker(merged, cfg, th, args.warmup_s)
+                # merge() already kept what the threshold(s) keep
+                s = run_tracker(merged, cfg, 0.0, args.warmup_s)
                 vals = [f'{s[c]:.3f}' if isinstance(s[c], float) else str(s[c]) for c in cols]
-                print(f'| {fname} | {th:g} | {dvals} | {name} | ' + ' | '.join(vals) + ' |',
+                print(f'| {fname} | {label} | {dvals} | {name} | ' + ' | '.join(vals) + ' |',
                       flush=True)
     return 0
 

@@ -86,3 +86,43 @@ def test_wrong_shapes_are_named_and_nan_scores_are_never_detections() -> None:
 def test_for_method_takes_the_radius_of_the_chosen_method() -> None:
     assert FusionConfig.for_method('weighted', 2.5, 1.5, 0.3) == FusionConfig('weighted', 2.5, 0.3)
     assert FusionConfig.for_method('nms', 2.5, 1.5, 0.3) == FusionConfig('nms', 1.5, 0.3)
+
+
+def test_class_weights_move_only_the_class_choice() -> None:
+    plain = fuse_detections(SCORE, PROBS, POS, VEL, 0.5, FusionConfig('weighted', 2.5))
+    # The car cluster's fused distribution is ~(0.54, 0.31, ...): weighting trucks x2 flips it.
+    cfg = FusionConfig('weighted', 2.5, class_weights=(1.0, 2.0, 1.0, 1.0))
+    weighted = fuse_detections(SCORE, PROBS, POS, VEL, 0.5, cfg)
+    assert plain.class_index.tolist() == [2, 0] and weighted.class_index.tolist() == [2, 1]
+    np.testing.assert_allclose(weighted.score, plain.score)          # confidences unchanged
+    np.testing.assert_allclose(weighted.position, plain.position)
+    np.testing.assert_allclose(weighted.class_probs.sum(axis=1), 1.0)
+    expected = plain.class_probs[1] * [1, 2, 1, 1]
+    np.testing.assert_allclose(weighted.class_probs[1], expected / expected.sum())
+
+
+def test_class_thresholds_replace_the_single_threshold_per_class() -> None:
+    # car cluster confidence 0.92, pedestrian 0.9; a lone cyclist report at 0.35.
+    score = np.append(SCORE, 0.35)
+    probs = np.vstack((PROBS, [0.1, 0.1, 0.1, 0.7]))
+    pos = np.vstack((POS, [50.0, 0.0]))
+    vel = np.vstack((VEL, [1.0, 0.0]))
+    assert len(fuse_detections(score, probs, pos, vel, 0.5, FusionConfig())) == 2
+    cfg = FusionConfig(class_thresholds=(0.95, 0.5, 0.5, 0.3))     # strict on cars, lenient on cyclists
+    for method in ('weighted', 'nms'):
+        fused = fuse_detections(score, probs, pos, vel, 0.5, FusionConfig(method, 2.5, 0.3, (),
+                                                                          cfg.class_thresholds))
+        assert sorted(fused.class_index.tolist()) == [2, 3], method   # the car is dropped
+
+
+def test_per_class_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match='class_weights'):
+        FusionConfig(class_weights=(1.0, 0.0, 1.0, 1.0))
+    with pytest.raises(ConfigError, match='class_weights'):
+        FusionConfig(class_weights=(1.0, float('nan'), 1.0, 1.0))
+    with pytest.raises(ConfigError, match='class_thresholds'):
+        FusionConfig(class_thresholds=(0.5, 1.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match='class_thresholds'):
+        FusionConfig(class_thresholds='high')
+    with pytest.raises(ValueError, match='3 class weights for 4 classes'):
+        fuse_detections(SCORE, PROBS, POS, VEL, 0.5, FusionConfig(class_weights=(1.0, 1.0, 1.0)))

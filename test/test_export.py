@@ -45,6 +45,25 @@ def test_export_keeps_only_shipped_models_and_loads_in_the_runtime(trained_like,
     assert DevicePipeline(dst, 'dev1').num_symbols == AggregatorPipeline(dst).num_symbols
 
 
+def test_export_ships_the_aggregators_calibration_and_names_it_in_the_card(trained_like, tmp_path):
+    from disac_ros.core.errors import ModelError
+    from disac_ros.core.inference import AggregatorPipeline
+    from disac_ros.core.training.calibration import Calibration, save_calibration
+    from disac_ros.core.training.export import export_model
+    cal = Calibration((1.0, 2.5, 0.6, 1.1), (0.7, 0.3, 0.45, 0.3))
+    save_calibration(trained_like / 'stage2' / 'both_tram', cal,
+                     {'accuracy_before': 0.85, 'accuracy_after': 0.88})
+    dst = tmp_path / 'default'
+    export_model(trained_like, dst)
+    assert AggregatorPipeline(dst).fusion.class_thresholds == cal.class_thresholds
+    card = (dst / 'MODEL_CARD.md').read_text()
+    assert '[0.7, 0.3, 0.45, 0.3]' in card and '0.8500 -> 0.8800' in card
+    (trained_like / 'stage2' / 'both_tram' / 'calibration.json').write_text('{}')
+    with pytest.raises(ModelError, match='calibration.json'):
+        export_model(trained_like, tmp_path / 'other')
+    assert not (tmp_path / 'other').exists()
+
+
 def test_export_of_a_model_shipping_per_device_decoders(tmp_path):
     from disac_ros.core.inference import AggregatorPipeline
     from disac_ros.core.training.export import export_model

@@ -177,3 +177,39 @@ def test_device_decoders_lacking_a_model_device_are_refused_at_load(tmp_path):
     save_checkpoint(decoder_dir(model, 'both', 'device') / 'checkpoint', {'decoder': only_dev0})
     with pytest.raises(ModelError, match=r"no decoder for model device\(s\) \['dev1'\]"):
         AggregatorPipeline(model)
+
+
+def test_the_aggregator_applies_the_models_calibration_unless_told_otherwise(fake_model, tmp_path):
+    from disac_ros.core.training.calibration import Calibration, save_calibration
+    model = tmp_path / 'calibrated'
+    shutil.copytree(fake_model, model)
+    assert AggregatorPipeline(model).fusion.class_weights == ()          # no file: uncalibrated
+    cal = Calibration((1.0, 3.0, 0.5, 1.0), (0.9, 0.2, 0.5, 0.2))
+    save_calibration(model / 'stage2' / 'both_tram', cal, {})
+    agg = AggregatorPipeline(model, score_threshold=0.5)
+    assert (agg.fusion.class_weights, agg.fusion.class_thresholds) == (cal.class_weights, cal.class_thresholds)
+    plain = AggregatorPipeline(model, class_weights=(), class_thresholds=())
+    assert (plain.fusion.class_weights, plain.fusion.class_thresholds) == ((), ())
+    group = packets(model, ['dev0', 'dev1'])
+    for det in agg.run([group])[0].detections:        # each kept at its own class's threshold
+        cls = int(np.argmax(det.class_probabilities)) - 1
+        assert det.confidence >= cal.class_thresholds[cls]
+    with pytest.raises(ConfigError, match='class_weights'):
+        AggregatorPipeline(model, class_weights=(1.0, 2.0))
+    (model / 'stage2' / 'both_tram' / 'calibration.json').write_text('{"class_weights": "x"}')
+    with pytest.raises(ModelError, match='calibration.json'):
+        AggregatorPipeline(model)
+
+
+def test_aggregator_node_per_class_parameters_parse_or_name_the_parameter():
+    pytest.importorskip('disac_interfaces.msg', reason='needs the built workspace (scripts/setup.sh)')
+    from disac_ros.core.detection_fusion import check_class_thresholds, check_class_weights
+    from disac_ros.nodes.aggregator_node import parse_per_class
+    assert parse_per_class('model', 'w', check_class_weights) is None
+    assert parse_per_class(' None ', 'w', check_class_weights) == ()
+    assert parse_per_class('1, 2.5,0.5,1', 'w', check_class_weights) == (1.0, 2.5, 0.5, 1.0)
+    for bad in ('1,2,3', '1,-1,1,1', 'car', ''):
+        with pytest.raises(ConfigError, match='aggregator.class_weights'):
+            parse_per_class(bad, 'aggregator.class_weights', check_class_weights)
+    with pytest.raises(ConfigError, match='t'):
+        parse_per_class('0.5,0.5,0.5,2', 't', check_class_thresholds)

@@ -63,6 +63,15 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     for mod in ('rf', 'camera'):          # the unimodal baselines decode like the system
         meta = json.loads((model / f'stage2/{mod}_tram/checkpoint/metadata.json').read_text())
         assert meta['decoder'] == 'device'
+    # `all --val` ends by calibrating every aggregator on the validation split.
+    calibrated = {}
+    for name in ('both_tram', 'both_mean_pool', 'both_tram_mlp', 'rf_tram', 'camera_tram'):
+        cal = json.loads((model / 'stage2' / name / 'calibration.json').read_text())
+        assert len(cal['class_weights']) == len(cal['class_thresholds']) == 4, name
+        assert cal['accuracy_after'] >= cal['accuracy_before'] and cal['seeds'], name
+        assert cal['precision_after'] >= cal['precision_before'], name
+        calibrated[name] = cal
+    assert set(info['calibration']) == set(calibrated)
 
     out = tmp_path / 'eval'
     assert eval_cli.main(['--checkpoint', str(model), '--data', str(splits / 'test'),
@@ -75,6 +84,10 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     assert {r['K'] for r in rows} == {1, 4}
     ours = [r for r in rows if r['method'] == 'disac']
     assert {r['bytes_per_device_frame'] for r in ours} == {32.0}   # 16 symbols x 2 x 8 bit
+    assert all(r['class_weights'] == calibrated['both_tram']['class_weights'] and
+               r['class_thresholds'] == calibrated['both_tram']['class_thresholds'] for r in ours)
+    assert all(r['class_weights'] == calibrated['rf_tram']['class_weights']
+               for r in rows if r['method'] == 'rf_only')
     trained_on = {r['method']: r['aggregator_trained_on'] for r in rows}
     assert trained_on['disac'] == trained_on['device_decoder'] == 'device'
     assert trained_on['mlp_decoder'] == 'mlp'          # its own TRAM, not the shipped one
@@ -105,6 +118,17 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith('| disac |'))
     counts = [int(n) for n in re.findall(r'\[(\d+)\]', line)]
     assert len(counts) == 3 and counts[0] + counts[1] == counts[2] > 0
+
+    # A corrupt calibration file: a clear error naming it, and deleting it runs uncalibrated.
+    cal_file = model / 'stage2/both_tram/calibration.json'
+    cal_file.write_text('{"class_weights": [1, -2, 1, 1]}')
+    capsys.readouterr()
+    assert eval_cli.main(['--checkpoint', str(model), '--data', str(splits / 'test'),
+                          '--out', str(tmp_path / 'eval_bad'), '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert 'calibration.json' in err and 'disac-train calibrate' in err
+    assert train_cli.main(['calibrate', '--out', str(model), '--val', str(splits / 'val')]) == 0
+    assert json.loads(cal_file.read_text())['class_weights'] == calibrated['both_tram']['class_weights']
 
     # Resume: everything is already trained, so a resumed stage-2 run does no new steps.
     assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out', str(model),

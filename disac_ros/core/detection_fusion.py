@@ -14,6 +14,17 @@ disagree on position and class. Two ways to merge them, both class-agnostic:
   evidence); it is kept when that confidence is >= the detection threshold. Reports below the
   threshold may thus join or form a detection, which NMS would drop.
 
+Either way, two optional per-class settings, fitted on validation data by
+:mod:`disac_ros.core.training.calibration`, then apply:
+
+* ``class_weights`` (one positive weight per real class; empty = none) multiply each detection's
+  class distribution, which is renormalised: a class-prior correction that moves only the class
+  choice (confidences do not change);
+* ``class_thresholds`` (one per real class; empty = none) replace the single detection
+  threshold: reports are merged down to the lowest of them, and a detection is kept when its
+  confidence reaches the threshold of its (re-weighted) class, so a class the model is timid
+  about (cyclists) may be kept at a lower confidence than one it over-reports (cars).
+
 Measured on the shipped model (``benchmarks/offline_tracking.py`` cache, 500 test frames, K = 4,
 Rayleigh fading): weighted fusion at 2.5 m beats NMS at 1.5 m on accuracy, precision, tracked
 fraction, MOTA and IDF1 at the same threshold (README, "Performance").
@@ -38,6 +49,8 @@ class FusionConfig:
     method: str = 'weighted'
     radius_m: float = 2.5       # reports closer than this describe one object (0 = no merging)
     min_score: float = 0.3      # 'weighted': weakest report that may join or seed a cluster
+    class_weights: tuple[float, ...] = ()     # per real class; () = no class-prior correction
+    class_thresholds: tuple[float, ...] = ()  # per real class; () = the one threshold given
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
@@ -48,6 +61,8 @@ class FusionConfig:
             raise ConfigError('radius_m', f'must be a finite number >= 0, got {self.radius_m!r}')
         if not (isinstance(self.min_score, (int, float)) and 0 < self.min_score <= 1):
             raise ConfigError('min_score', f'must be in (0, 1], got {self.min_score!r}')
+        object.__setattr__(self, 'class_weights', check_class_weights(self.class_weights))
+        object.__setattr__(self, 'class_thresholds', check_class_thresholds(self.class_thresholds))
 
     @classmethod
     def for_method(cls, method: str, fusion_radius_m: float, nms_radius_m: float,
@@ -55,6 +70,28 @@ class FusionConfig:
         """The config of settings that keep one radius per method (recipe ``eval``, the
         aggregator's parameters): ``fusion_radius_m`` for 'weighted', ``nms_radius_m`` for 'nms'."""
         return cls(method, fusion_radius_m if method == 'weighted' else nms_radius_m, min_score)
+
+
+def check_class_weights(weights: object) -> tuple[float, ...]:
+    """``weights`` as a tuple of finite positive floats; ConfigError naming what is wrong."""
+    try:
+        out = tuple(float(w) for w in weights)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError('class_weights', f'expected a list of numbers, got {weights!r}') from None
+    if not all(math.isfinite(w) and w > 0 for w in out):
+        raise ConfigError('class_weights', f'every weight must be finite and > 0, got {list(out)}')
+    return out
+
+
+def check_class_thresholds(thresholds: object) -> tuple[float, ...]:
+    """``thresholds`` as a tuple of floats in (0, 1]; ConfigError naming what is wrong."""
+    try:
+        out = tuple(float(t) for t in thresholds)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError('class_thresholds', f'expected a list of numbers, got {thresholds!r}') from None
+    if not all(0 < t <= 1 for t in out):
+        raise ConfigError('class_thresholds', f'every threshold must be in (0, 1], got {list(out)}')
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,7 +121,8 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
     :param score: (Q,) best real-class probability of each query.
     :param class_probs: (Q, C) real-class probabilities (need not sum to 1; rows are normalised).
     :param position: (Q, 2) world positions; ``velocity``: (Q, 2).
-    :param threshold: a detection is kept when its (fused) confidence is >= this.
+    :param threshold: a detection is kept when its (fused) confidence is >= this (unless the
+        config has ``class_thresholds``, which replace it).
     """
     cfg = config or FusionConfig()
     score = np.asarray(score, dtype=np.float64).reshape(-1)
@@ -96,10 +134,16 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
                              ('position', pos, (q, 2)), ('velocity', vel, (q, 2))):
         if arr.shape != shape or arr.ndim != 2:
             raise ValueError(f'fuse_detections: {name} must have shape {shape}, got {arr.shape}')
+    for name, values in (('class weights', cfg.class_weights),
+                         ('class thresholds', cfg.class_thresholds)):
+        if values and len(values) != probs.shape[-1]:
+            raise ValueError(f'fuse_detections: {len(values)} {name} for {probs.shape[-1]} classes')
+    if cfg.class_thresholds:
+        threshold = min(cfg.class_thresholds)     # the per-class test comes after merging
     probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
     if cfg.method == 'nms':
         keep = nms_keep(score, pos, threshold, cfg.radius_m)
-        return FusedDetections(score[keep], probs[keep], pos[keep], vel[keep])
+        return _per_class(FusedDetections(score[keep], probs[keep], pos[keep], vel[keep]), cfg)
     order = np.argsort(-score, kind='stable')
     order = order[score[order] >= min(cfg.min_score, threshold)]
     free = np.zeros(score.shape[0], dtype=bool)
@@ -120,5 +164,20 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
     if not out:
         c = probs.shape[1]
         return FusedDetections(np.zeros(0), np.zeros((0, c)), np.zeros((0, 2)), np.zeros((0, 2)))
-    return FusedDetections(np.array([o[0] for o in out]), np.stack([o[1] for o in out]),
-                           np.stack([o[2] for o in out]), np.stack([o[3] for o in out]))
+    return _per_class(FusedDetections(np.array([o[0] for o in out]), np.stack([o[1] for o in out]),
+                                      np.stack([o[2] for o in out]), np.stack([o[3] for o in out])),
+                      cfg)
+
+
+def _per_class(fused: FusedDetections, cfg: FusionConfig) -> FusedDetections:
+    """Apply the class weights, then the class thresholds, to merged detections (module doc)."""
+    if not len(fused):
+        return fused
+    probs = fused.class_probs
+    if cfg.class_weights:
+        probs = probs * np.asarray(cfg.class_weights)
+        probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    keep = np.ones(len(fused), dtype=bool)
+    if cfg.class_thresholds:
+        keep = fused.score >= np.asarray(cfg.class_thresholds)[np.argmax(probs, axis=1)]
+    return FusedDetections(fused.score[keep], probs[keep], fused.position[keep], fused.velocity[keep])

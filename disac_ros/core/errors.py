@@ -26,3 +26,7 @@ class ScenarioError(ConfigError):
 
 class DatasetError(DisacError):
     """A dataset folder is missing, incomplete or corrupt."""
+
+
+class ModelError(DisacError):
+    """A model folder is missing, incomplete or corrupt; the message names the path."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
-from disac_ros.core.errors import ConfigError, DisacError
+from disac_ros.core.errors import ConfigError, DisacError, ModelError  # noqa: F401 - re-exported
 from disac_ros.core.models.channel import snr_db_from_distance
 from disac_ros.core.models.device_decoders import decoder_slots, run_decoder
 from disac_ros.core.models.config import ChannelConfig
@@ -50,10 +50,6 @@ from disac_ros.core.training.recipes import DECODER_KINDS
 MODEL_ENV = 'DISAC_MODEL_DIR'
 DEFAULT_MODEL_NAME = 'default'
 DECODER_CHOICES = ('shipped',) + DECODER_KINDS
-
-
-class ModelError(DisacError):
-    """A model folder is missing, incomplete or corrupt; the message names the path."""
 
 
 def set_torch_threads(threads: int) -> None:
@@ -265,7 +261,9 @@ class AggregatorPipeline:
     def __init__(self, model_dir: str | os.PathLike[str], *, threads: int = 1, decoder: str = 'shipped',
                  aggregator: str = 'tram', modalities: str = 'both', score_threshold: float = 0.5,
                  fusion: FusionConfig | None = None, llm_source: str = '',
-                 slot_of: dict[str, str] | None = None) -> None:
+                 slot_of: dict[str, str] | None = None,
+                 class_weights: Sequence[float] | None = None,
+                 class_thresholds: Sequence[float] | None = None) -> None:
         """
         Load the decoder and TRAM.
 
@@ -276,8 +274,14 @@ class AggregatorPipeline:
             (:mod:`detection_fusion`; default: weighted clusters within 2.5 m).
         :param llm_source: override the recipe's LLM source for an LLM decoder ('' = recipe).
         :param slot_of: device id -> model device id whose TRAM slot it uses (default: itself).
+        :param class_weights: per real class weights on the detections' class distributions
+            (:mod:`detection_fusion`); None = the aggregator's fitted calibration, if any
+            (``stage2/.../calibration.json``), () = none.
+        :param class_thresholds: per real class detection thresholds replacing
+            ``score_threshold``; None = the fitted calibration's, if any, () = none.
         """
         from disac_ros.core.training.decoder import decoder_dir, load_decoder
+        from disac_ros.core.training.calibration import load_calibration
         from disac_ros.core.training.stage2 import load_aggregator, stage2_dir
         set_torch_threads(threads)
         if decoder not in DECODER_CHOICES:
@@ -299,7 +303,15 @@ class AggregatorPipeline:
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
         self.channel_config = self.info.channel
         self.score_threshold = float(score_threshold)
-        self.fusion = fusion or FusionConfig()
+        fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
+        per_class = {'class_weights': fitted.class_weights if class_weights is None else class_weights,
+                     'class_thresholds': (fitted.class_thresholds if class_thresholds is None
+                                          else class_thresholds)}
+        for name, values in per_class.items():
+            if len(values) not in (0, NUM_CLASSES - 1):
+                raise ConfigError(name, f'need {NUM_CLASSES - 1} values (one per real class) or '
+                                        f'none, got {list(values)}')
+        self.fusion = replace(fusion or FusionConfig(), **{k: tuple(v) for k, v in per_class.items()})
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
         if getattr(self.decoder, 'routes_by_device', False):

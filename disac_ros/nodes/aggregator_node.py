@@ -19,7 +19,10 @@ topic                  type                                   content
 It works with any subset of the devices: a group is fused as soon as every *active* device
 (heard from within ``active_timeout_s``) is in it, or after ``max_wait_s``. Bad packets are
 logged (throttled), counted per reason in diagnostics and dropped; a missing or corrupt model is
-reported and retried every 5 s while the node keeps running.
+reported and retried every 5 s while the node keeps running. Detections use the model's fitted
+per-class calibration (``stage2/.../calibration.json``: class weights and thresholds, see
+:mod:`disac_ros.core.training.calibration`) unless ``class_weights`` / ``class_thresholds`` say
+otherwise; with class thresholds in effect, ``score_threshold`` is not used.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import math
 from pathlib import Path
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 from rclpy.node import Node
@@ -35,12 +39,13 @@ from rclpy.node import Node
 from disac_interfaces.msg import AggregationWeights, SemanticFeature, TrackedObject, TrackedObjectArray
 from visualization_msgs.msg import MarkerArray
 
-from disac_ros.core.detection_fusion import FUSION_METHODS, FusionConfig
+from disac_ros.core.detection_fusion import (check_class_thresholds, check_class_weights, FUSION_METHODS,
+                                             FusionConfig)
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.packet import CODEC_VERSION, dequantize
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
 from disac_ros.core.training.recipes import DECODER_KINDS
-from disac_ros.core.tracking import MultiObjectTracker, Track, TrackerConfig
+from disac_ros.core.tracking import MultiObjectTracker, NUM_CLASSES, Track, TrackerConfig
 from disac_ros.core.types import SENSED_CAMERA, SENSED_RF
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
@@ -82,6 +87,12 @@ PARAMS = (
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
     Param('nms_radius_m', 1.5, 'nms fusion: detections closer than this (any class) are merged into '
           'the most confident one (m)', minimum=0.0),
+    Param('class_weights', 'model', "class-prior weights on each detection's class distribution: "
+          "'model' (the aggregator's fitted calibration, if any), 'none', or four numbers "
+          "'car,truck,pedestrian,cyclist' (e.g. '1,2,0.8,1.1')"),
+    Param('class_thresholds', 'model', "per-class detection thresholds replacing score_threshold: "
+          "'model' (the aggregator's fitted calibration, if any), 'none', or four numbers in (0, 1] "
+          "'car,truck,pedestrian,cyclist'"),
     Param('window_s', 0.1, 'packets whose stamps differ by less than this form one group (s)',
           minimum=0.0, exclusive_minimum=True),
     Param('max_wait_s', 0.3, 'fuse a group after waiting this long for missing devices (s)',
@@ -132,6 +143,25 @@ def track_to_msg(track: Track) -> TrackedObject:
     return msg
 
 
+def parse_per_class(text: str, name: str, check: Callable[[object], tuple[float, ...]]
+                    ) -> tuple[float, ...] | None:
+    """A per-class parameter: 'model' -> None (the model's), 'none' -> (), else one number per
+    real class, checked by ``check``."""
+    text = text.strip().lower()
+    if text == 'model':
+        return None
+    if text == 'none':
+        return ()
+    try:
+        values = check([float(v) for v in text.replace(' ', '').split(',')])
+    except (ValueError, ConfigError):
+        values = ()
+    if len(values) != NUM_CLASSES - 1:
+        raise ConfigError(name, f"expected 'model', 'none' or {NUM_CLASSES - 1} valid numbers "
+                                f"'car,truck,pedestrian,cyclist', got {text!r}")
+    return values
+
+
 class AggregatorNode(Node):
     """Decoder + TRAM + tracker over the configured devices (see module doc)."""
 
@@ -145,6 +175,10 @@ class AggregatorNode(Node):
         self.keyring = fm.load_keyring(cfg['key_file'], cfg['shared_secret'])
         if cfg['verify_auth'] and self.keyring is None:
             raise ConfigError(f'{self.get_name()}.verify_auth', 'needs key_file or shared_secret')
+        self.class_weights = parse_per_class(cfg['class_weights'], f'{self.get_name()}.class_weights',
+                                             check_class_weights)
+        self.class_thresholds = parse_per_class(cfg['class_thresholds'],
+                                                f'{self.get_name()}.class_thresholds', check_class_thresholds)
         self.tracker = MultiObjectTracker(self._tracker_config())
         self.sync = FeatureSynchronizer(self.device_ids, cfg['window_s'], cfg['max_wait_s'], cfg['active_timeout_s'])
         self.pipeline = None
@@ -197,7 +231,9 @@ class AggregatorNode(Node):
         from disac_ros.core.inference import AggregatorPipeline    # torch: imported when first needed
         pipeline = AggregatorPipeline(model_dir, threads=self.cfg['threads'], decoder=self.cfg['decoder'],
                                       score_threshold=self.cfg['score_threshold'],
-                                      fusion=self._fusion_config(), llm_source=self.cfg['llm_source'])
+                                      fusion=self._fusion_config(), llm_source=self.cfg['llm_source'],
+                                      class_weights=self.class_weights,
+                                      class_thresholds=self.class_thresholds)
         for dev in self.device_ids:
             pipeline.slot(dev)
         return pipeline
@@ -206,8 +242,13 @@ class AggregatorNode(Node):
         warm = pipeline.warm_up() if self.cfg['warm_up'] else 0.0
         self.pipeline = pipeline
         self.diag.set('decoder', pipeline.decoder_kind)
+        fusion = pipeline.fusion
+        per_class = (f'class weights {[round(w, 3) for w in fusion.class_weights]}, '
+                     if fusion.class_weights else '') + (
+            f'class thresholds {list(fusion.class_thresholds)}' if fusion.class_thresholds
+            else f'score threshold {pipeline.score_threshold:g}')
         self.get_logger().info(f'loaded {pipeline.decoder_kind} decoder + TRAM from {model_dir} '
-                               f'in {load_s:.2f} s{f" (+{warm:.2f} s warm-up)" if warm else ""}')
+                               f'in {load_s:.2f} s{f" (+{warm:.2f} s warm-up)" if warm else ""}; {per_class}')
 
     def _warning(self, values: dict) -> str | None:
         if self.model.error:

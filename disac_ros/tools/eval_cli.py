@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cache', help='folder of a generated test split')
     p.add_argument('--threads', type=int,
                    help="torch threads (default: the model recipe's 'threads')")
+    p.add_argument('--uncalibrated', action='store_true',
+                   help="ignore the aggregators' fitted class weights and thresholds "
+                        "(stage2/*/calibration.json): the recipe's single score threshold")
     p.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return p
 
@@ -113,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad:
             raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
         test = DisacDataset(_test_data(args, ckpt))
-        result = evaluate(ckpt, test, recipe, methods, show_progress=not args.no_progress)
+        result = evaluate(ckpt, test, recipe, methods, show_progress=not args.no_progress,
+                          calibrations=not args.uncalibrated)
         files = write_report(result, args.out)
         print(f'{PROG}: {len(result["rows"])} rows in {result["meta"]["wall_s"]} s -> '
               + ', '.join(str(p) for p in files.values()))

@@ -8,14 +8,17 @@ Examples::
     disac-train decoder --kind llm --out models/quick --quick --llm tiny
     disac-train decoder --kind device --out models/quick
     disac-train stage2 --data data/splits/train --val data/splits/val --out models/quick --quick
+    disac-train calibrate --val data/splits/val --out models/quick
     disac-train all --data data/splits/train --val data/splits/val --out models/run1
     disac-train export --from models/run1 --to models/default --metrics results/metrics.md
 
 ``stage1`` trains one device on its own data and exports what it transmits; ``decoder`` trains a
 receiver decoder on all devices' exports over the simulated channel (``--kind device`` instead
 collects each device's stage-1 decoder, trained with its encoder); ``stage2`` trains the
-aggregator on decoded features only; ``all`` runs everything in order (every device, the
-decoders, TRAM and the baselines' models) and prints a time summary. Every command resumes with
+aggregator on decoded features only; ``calibrate`` fits each aggregator's class weights on the
+validation split (:mod:`disac_ros.core.training.calibration`); ``all`` runs everything in order
+(every device, the decoders, TRAM and the baselines' models, then ``calibrate`` when ``--val``
+is given) and prints a time summary. Every command resumes with
 ``--resume``. ``export --from OUT --to models/default`` copies only what the running system
 loads and writes a MODEL_CARD.md. The recipe is stored in ``OUT/recipe.json`` by the first
 command; later commands reuse it unless ``--recipe`` / ``--quick`` is given.
@@ -91,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument('--torch-device', default='cpu',
                     help="where the decoder and the aggregator run: 'cpu' (default) or 'cuda'; "
                          'the channel and the labels stay on the CPU')
+    cal = sub.add_parser('calibrate', help="fit every aggregator's class weights on the "
+                                           'validation split (stage2/<name>/calibration.json)')
+    cal.add_argument('--out', required=True, help='model folder (a disac-train output or an '
+                                                  'exported model)')
+    cal.add_argument('--val', required=True, help='validation split (a disac-dataset folder)')
+    cal.add_argument('--threads', type=int, help='torch threads (default: the recipe)')
+    cal.set_defaults(recipe=None, quick=False, llm=None)      # the recipe stored in OUT
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
     a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
@@ -272,6 +282,8 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
         run(f'stage2 {mod}/{agg}' + (f' ({kind})' if kind else ''), cmd_stage2,
             {'modalities': mod, 'aggregator': agg, 'decoder': kind, 'steps': None,
              'torch_device': 'cpu'})
+    if args.val:
+        run('calibrate', cmd_calibrate, {})
     total = sum(t for _, t in times)
     print('\ntime summary:')
     for label, t in times:
@@ -281,6 +293,16 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
                       timing_s={label: round(t, 1) for label, t in times}
                       | {'total': round(total, 1)})
     return {'times': times, 'total_s': total}
+
+
+def cmd_calibrate(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """Fit and store every aggregator's class weights on the validation split."""
+    from disac_ros.core.training.calibration import calibrate_model
+    done = calibrate_model(args.out, _open(args.val), recipe=recipe, log=print)
+    update_model_json(Path(args.out), calibration={Path(d['folder']).name: {
+        k: d[k] for k in ('class_weights', 'accuracy_before', 'accuracy_after', 'seeds')}
+        for d in done})
+    return {'calibrated': done}
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ('stage1', 'stage2', 'all'):
+        if args.command in ('stage1', 'stage2', 'all', 'calibrate'):
             for name in ('data', 'val'):
                 path = getattr(args, name, None)
                 if path is not None and not (Path(path) / 'manifest.json').is_file():
@@ -316,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         recipe = resolve_recipe(args)
         {'stage1': cmd_stage1, 'decoder': cmd_decoder, 'stage2': cmd_stage2,
-         'all': cmd_all}[args.command](args, recipe)
+         'calibrate': cmd_calibrate, 'all': cmd_all}[args.command](args, recipe)
     except (UsageError, ConfigError) as err:
         print(f'{PROG}: error: {err}', file=sys.stderr)
         return 2

@@ -27,11 +27,14 @@ directly), ``devices`` (K = 1..K at the reference SNR/fading), ``distance`` (SNR
 budget at each distance, reference fading). LLM decoders run on ``llm_max_frames`` frames only
 (CPU cost); their rows say how many frames they used. A decoder row uses the TRAM trained on that
 decoder's output (``stage2/both_tram_<kind>``) where the model folder has one, else the shipped
-TRAM; ``aggregator_trained_on`` says which.
+TRAM; ``aggregator_trained_on`` says which. Each aggregator's class weights and thresholds, where
+``disac-train calibrate`` fitted them (``stage2/.../calibration.json``), apply to its detections
+in every row that uses it; ``rows[*].class_weights`` / ``class_thresholds`` list them (empty =
+none: the recipe's single ``score_threshold``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import json
 from pathlib import Path
 import time
@@ -45,11 +48,12 @@ from disac_ros.core import packet
 from disac_ros.core.dataset import DisacDataset
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.evaluation import baselines
-from disac_ros.core.evaluation.metrics import (DetectionStats, detections_from_prediction,
-                                               FeatureError)
+from disac_ros.core.detection_fusion import FusedDetections
+from disac_ros.core.evaluation.metrics import DetectionStats, FeatureError, fused_from_prediction
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import load_checkpoint
 from disac_ros.core.training import common
+from disac_ros.core.training.calibration import Calibration, load_calibration
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
 from disac_ros.core.training.decoder import (KINDS, decode, decoder_dir, device_slots,
                                              load_decoder)
@@ -102,6 +106,9 @@ class EvalContext:
     decoders: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
     # (variant, aggregator, decoder kind it was trained on) -> model
     aggregators: dict[tuple[str, str, str], torch.nn.Module] = field(default_factory=dict)
+    # the same keys -> the aggregator's folder (stage2/...) and its fitted class calibration
+    aggregator_dirs: dict[tuple[str, str, str], Path] = field(default_factory=dict)
+    calibration: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
     shipped: str = 'mlp'
 
 
@@ -121,8 +128,9 @@ def _subset(n: int, limit: int) -> np.ndarray:
 
 
 def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = None,
-            log: Callable[[str], None] = print) -> EvalContext:
-    """Run every device's stage-1 models on its own test view; load decoders and aggregators."""
+            log: Callable[[str], None] = print, calibrations: bool = True) -> EvalContext:
+    """Run every device's stage-1 models on its own test view; load decoders and aggregators
+    (and the aggregators' calibration files unless ``calibrations`` is False)."""
     ckpt = Path(checkpoint)
     recipe = recipe or load_recipe_of(ckpt)
     common.set_threads(recipe.threads)
@@ -171,7 +179,11 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
                 if folder.is_dir():
                     loaded = load_checkpoint(folder)
                     trained_on = kind or str(loaded.metadata.get('decoder', 'mlp'))
-                    ctx.aggregators[(mod, agg, trained_on)] = loaded.models['aggregator'].eval()
+                    key = (mod, agg, trained_on)
+                    ctx.aggregators[key] = loaded.models['aggregator'].eval()
+                    ctx.aggregator_dirs[key] = folder.parent
+                    if calibrations:
+                        ctx.calibration[key] = load_calibration(folder.parent)
     if ('both', 'tram', shipped) not in ctx.aggregators or ('both', shipped) not in ctx.decoders:
         raise ConfigError('checkpoint', f'{ckpt}: the shipped system is incomplete (needs '
                                         f'decoders/both/{shipped} and stage2/both_tram)')
@@ -216,23 +228,39 @@ def _method_plan(ctx: EvalContext, method: str) -> tuple[str, str, str, str] | N
     return None
 
 
+def method_aggregator(ctx: EvalContext, method: str) -> tuple[str, str, str] | None:
+    """The key of ``ctx.aggregators`` a method runs (None when its models are absent)."""
+    plan = _method_plan(ctx, method)
+    return None if plan is None else (plan[0], plan[2], plan[3])
+
+
 @torch.no_grad()
 def run_condition(ctx: EvalContext, method: str, cond: Condition,
-                  frame_limit: int = 0, rows: np.ndarray | None = None) -> dict[str, Any] | None:
+                  frame_limit: int = 0, rows: np.ndarray | None = None,
+                  calibrated: bool = True, threshold: float | None = None,
+                  on_frame: Callable[[FusedDetections, Any], None] | None = None
+                  ) -> dict[str, Any] | None:
     """Metrics of one method under one condition (None when the method's models are absent).
 
     ``rows`` scores only those indices into ``ctx.frames`` (e.g. one bin of time into the run);
-    otherwise ``frame_limit`` > 0 takes that many frames spread over all of them."""
+    otherwise ``frame_limit`` > 0 takes that many frames spread over all of them.
+    ``calibrated`` applies the aggregator's fitted class weights and thresholds (if it has
+    any); ``threshold`` overrides the recipe's detection threshold; ``on_frame``, when given,
+    receives every scored frame's detections and ground truth (``.classes``, ``.position``)."""
     plan = _method_plan(ctx, method)
     if plan is None:
         return None
     mod, kind, agg, trained_on = plan
     rec = ctx.recipe
+    cal = ctx.calibration.get((mod, agg, trained_on), Calibration()) if calibrated else Calibration()
+    fusion = replace(rec.eval.fusion_config(), class_weights=cal.class_weights,
+                     class_thresholds=cal.class_thresholds)
+    threshold = rec.eval.score_threshold if threshold is None else float(threshold)
     if rows is None:
         rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
                                                                            frame_limit)
     dev_sets = [[d] for d in cond.devices] if method == 'single_device' else [cond.devices]
-    stats = DetectionStats(rec.eval.match_gate_m, rec.eval.fusion_config())
+    stats = DetectionStats(rec.eval.match_gate_m, fusion)
     ferr = FeatureError()
     sent_bytes: list[float] = []
     delivered_n = 0
@@ -283,10 +311,12 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
         for s in range(0, len(keep), 64):
             sel = keep[s:s + 64]
             pred = model(fhat[sel], present[sel], pose[sel], link[sel], slots[sel]).prediction
-            for j, (dc, dp, dv) in enumerate(detections_from_prediction(
-                    pred, rec.eval.score_threshold, rec.eval.fusion_config())):
+            for j, fused in enumerate(fused_from_prediction(pred, threshold, fusion)):
                 gt = gts[int(sel[j])]
-                stats.add_frame(dc, dp, dv, gt.classes, gt.position, gt.velocity)
+                stats.add_frame((fused.class_index + 1).astype(np.int64), fused.position,
+                                fused.velocity, gt.classes, gt.position, gt.velocity)
+                if on_frame is not None:
+                    on_frame(fused, gt)
     s = stats.summary()
     return {'method': method, 'sweep': cond.sweep,
             'K': 1 if method == 'single_device' else len(cond.devices),
@@ -300,7 +330,8 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             'nmse_db': ferr.nmse_db(), 'bytes_per_device_frame': float(np.mean(sent_bytes)),
             'delivered_fraction': delivered_n / max(packets_n, 1), 'num_gt': s['num_gt'],
             'decoder': kind if method != 'digital_jpeg' else 'jpeg+rf', 'aggregator': agg,
-            'aggregator_trained_on': trained_on,
+            'aggregator_trained_on': trained_on, 'class_weights': list(cal.class_weights),
+            'class_thresholds': list(cal.class_thresholds),
             'modalities': mod, **stats.per_class()}
 
 
@@ -326,12 +357,13 @@ def conditions(ctx: EvalContext) -> list[Condition]:
 
 def evaluate(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = None,
              methods: Sequence[str] = METHODS, log: Callable[[str], None] = print,
-             show_progress: bool = True) -> dict[str, Any]:
-    """Run every method over every condition; return {'rows', 'comparisons', 'meta'}."""
+             show_progress: bool = True, calibrations: bool = True) -> dict[str, Any]:
+    """Run every method over every condition; return {'rows', 'comparisons', 'meta'}
+    (``calibrations`` False: ignore the aggregators' calibration files)."""
     from disac_ros.core.evaluation.report import comparisons
     from disac_ros.core.training.logging import progress
     t0 = time.perf_counter()
-    ctx = prepare(checkpoint, test, recipe, log)
+    ctx = prepare(checkpoint, test, recipe, log, calibrations=calibrations)
     ev = ctx.recipe.eval
     conds = conditions(ctx)
     rows: list[dict[str, Any]] = []
@@ -355,6 +387,7 @@ def evaluate(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None =
             'test_seeds': test.manifest.get('seeds'), 'frames': int(len(ctx.frames)),
             'devices': ctx.device_ids, 'shipped_decoder': ctx.shipped,
             'recipe': ctx.recipe.name, 'eval': ctx.recipe.to_dict()['eval'],
+            'calibrated': calibrations,
             'train_channel': ctx.recipe.to_dict()['train_channel'],
             'wall_s': round(time.perf_counter() - t0, 1),
             'methods_missing': sorted({m for m in methods} - {r['method'] for r in rows})}

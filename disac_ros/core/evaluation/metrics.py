@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 import torch
 
-from disac_ros.core.detection_fusion import fuse_detections, FusionConfig
+from disac_ros.core.detection_fusion import fuse_detections, FusedDetections, FusionConfig
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.losses import SetTargets
 from disac_ros.core.types import CLASS_NAMES
@@ -35,21 +35,26 @@ from disac_ros.core.types import CLASS_NAMES
 _BIG = 1e9
 
 
-def detections_from_prediction(pred: SetPrediction, threshold: float,
-                               fusion: FusionConfig | None = None
-                               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of the detections that
-    :func:`fuse_detections` makes of the queries (``fusion`` None = no merging at all)."""
+def fused_from_prediction(pred: SetPrediction, threshold: float,
+                          fusion: FusionConfig | None = None) -> list[FusedDetections]:
+    """Per frame, the detections :func:`fuse_detections` makes of the queries (``fusion`` None =
+    no merging at all)."""
     fusion = fusion or FusionConfig(method='nms', radius_m=0.0)
     # Scored on the CPU, wherever the model ran.
     probs = pred.logits.detach().float().softmax(-1)[..., 1:].cpu().numpy()
-    out = []
-    for b in range(probs.shape[0]):
-        fused = fuse_detections(probs[b].max(-1), probs[b],
-                                pred.position[b].detach().float().cpu().numpy(),
-                                pred.velocity[b].detach().float().cpu().numpy(), threshold, fusion)
-        out.append(((fused.class_index + 1).astype(np.int64), fused.position, fused.velocity))
-    return out
+    return [fuse_detections(probs[b].max(-1), probs[b],
+                            pred.position[b].detach().float().cpu().numpy(),
+                            pred.velocity[b].detach().float().cpu().numpy(), threshold, fusion)
+            for b in range(probs.shape[0])]
+
+
+def detections_from_prediction(pred: SetPrediction, threshold: float,
+                               fusion: FusionConfig | None = None
+                               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame (classes (D,), positions (D, 2), velocities (D, 2)) of
+    :func:`fused_from_prediction`."""
+    return [((f.class_index + 1).astype(np.int64), f.position, f.velocity)
+            for f in fused_from_prediction(pred, threshold, fusion)]
 
 
 def match(det_pos: np.ndarray, gt_pos: np.ndarray, gate_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +91,10 @@ class DetectionStats:
         np.add.at(self.confusion, (gt[ok], got[ok]), 1)
 
     def add_frame(self, det_cls: np.ndarray, det_pos: np.ndarray, det_vel: np.ndarray,
-                  gt_cls: np.ndarray, gt_pos: np.ndarray, gt_vel: np.ndarray) -> None:
-        """Add one frame's detections and ground truth (arrays, any frame of reference)."""
+                  gt_cls: np.ndarray, gt_pos: np.ndarray, gt_vel: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Add one frame's detections and ground truth (arrays, any frame of reference);
+        returns the match (detection indices, ground-truth indices)."""
         rows, cols = match(np.asarray(det_pos, dtype=np.float64).reshape(-1, 2),
                            np.asarray(gt_pos, dtype=np.float64).reshape(-1, 2), self.gate_m)
         self.num_gt += len(gt_cls)
@@ -103,6 +110,7 @@ class DetectionStats:
             dv = np.asarray(det_vel)[rows, :2] - np.asarray(gt_vel)[cols, :2]
             self.pos_sq += float((dp ** 2).sum())
             self.vel_sq += float((dv ** 2).sum())
+        return rows, cols
 
     def add_missed(self, gt_cls: np.ndarray) -> None:
         """A frame with no output at all (e.g. every packet lost): all its objects are missed."""

@@ -190,6 +190,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ['Decoder / aggregator of each method (the aggregator was trained on that '
                   'decoder\'s output unless they differ): ' + ', '.join(
                       f'{m}: {d} / TRAM on {t}' for m, d, t in sorted(pairs)) + '.', '']
+    calibrated = sorted({(r['method'], tuple(r['class_weights']), tuple(r.get('class_thresholds', ())))
+                         for r in result['rows'] if r.get('class_weights')})
+    if calibrated:
+        lines += ['Per-class calibration fitted on the validation split (`disac-train calibrate`; '
+                  'class weights / detection thresholds for car, truck, pedestrian, cyclist): '
+                  + ', '.join(f'{m}: {[round(w, 3) for w in cw]} / {list(ct) or "single"}'
+                              for m, cw, ct in calibrated) + '.', '']
+    elif meta.get('calibrated') is False:
+        lines += ['Uncalibrated (`--uncalibrated`): every aggregator at the single score threshold.', '']
     for sweep, title in (('snr', 'SNR sweep (all devices, SNR set directly)'),
                          ('devices', 'Number of devices K (reference SNR and fading)'),
                          ('distance', 'Distance sweep (SNR from the link budget)')):

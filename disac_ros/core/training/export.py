@@ -9,6 +9,7 @@ needs only::
     stage1/<modalities>/<device>/checkpoint   'detector' + 'encoder' (no proxies)
     decoders/<modalities>/<shipped>/checkpoint      (for 'device': one decoder per device)
     stage2/<modalities>_<aggregator>/checkpoint
+    stage2/<modalities>_<aggregator>/calibration.json   (if ``disac-train calibrate`` made one)
 
 :func:`export_model` copies exactly that (weights byte for byte, so the sha256 recorded in each
 ``config.json`` still matches; a stage-1 ``config.json`` is rewritten to list only the kept
@@ -29,6 +30,7 @@ from typing import Any, Mapping, Sequence
 from disac_ros.core.errors import ConfigError, DisacError
 from disac_ros.core.models.checkpoint import (CONFIG_FILE, METADATA_FILE, CheckpointError,
                                               load_checkpoint, read_checkpoint_config)
+from disac_ros.core.training.calibration import calibration_path, load_calibration
 from disac_ros.core.training.decoder import decoder_dir
 from disac_ros.core.training.stage1 import stage1_dir
 from disac_ros.core.training.stage2 import stage2_dir
@@ -118,8 +120,9 @@ def _seeds(stage1_ckpt: Path) -> dict[str, Any]:
 
 def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mapping[str, Any],
                source: Path, size_bytes: int, command: str | None = None,
-               metrics_md: str | None = None, notes: str | None = None) -> str:
-    """Markdown model card of an exported folder."""
+               metrics_md: str | None = None, notes: str | None = None,
+               calibration: Mapping[str, Any] | None = None) -> str:
+    """Markdown model card of an exported folder (``calibration``: the TRAM's calibration.json)."""
     timing = model.get('timing_s') or {}
     lines = [
         f'# DiSAC model `{model.get("recipe", recipe.get("name", "?"))}`', '',
@@ -132,7 +135,13 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
         f'(`decoders/both/{model.get("shipped_decoder", "mlp")}/checkpoint`'
         + ('; each device\'s stage-1 decoder, trained with its encoder on its own data)'
            if model.get('shipped_decoder') == 'device' else ')'),
-        '* aggregator: TRAM (`stage2/both_tram/checkpoint`)',
+        '* aggregator: TRAM (`stage2/both_tram/checkpoint`)'
+        + (f'; class weights {[round(w, 3) for w in calibration["class_weights"]]} and '
+           f'thresholds {calibration.get("class_thresholds")} (car, truck, pedestrian, cyclist) '
+           f'fitted on the validation split by `disac-train calibrate` '
+           f'(`stage2/both_tram/calibration.json`; validation accuracy '
+           f'{calibration.get("accuracy_before", float("nan")):.4f} -> '
+           f'{calibration.get("accuracy_after", float("nan")):.4f})' if calibration else ''),
         '* no trainer/optimizer state, device exports, logs or baseline models', '',
         '## Training', '',
     ]
@@ -203,6 +212,10 @@ def export_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                         decoder_dir(tmp, modalities, shipped) / 'checkpoint')
         copy_checkpoint(stage2_dir(src, modalities, aggregator) / 'checkpoint',
                         stage2_dir(tmp, modalities, aggregator) / 'checkpoint')
+        calibration = calibration_path(stage2_dir(src, modalities, aggregator))
+        if calibration.is_file():
+            load_calibration(calibration.parent)            # a corrupt file is not shipped
+            shutil.copy2(calibration, calibration_path(stage2_dir(tmp, modalities, aggregator)))
         for ckpt in tmp.rglob(CONFIG_FILE):
             try:
                 _verify(ckpt.parent)
@@ -219,8 +232,10 @@ def export_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         (tmp / 'recipe.json').write_text(json.dumps(recipe, indent=1))
         size = _folder_bytes(tmp)
         seeds = _seeds(stage1_dir(src, modalities, devices[0]) / 'checkpoint')
+        cal = calibration_path(stage2_dir(tmp, modalities, aggregator))
         (tmp / MODEL_CARD).write_text(model_card(slim, recipe, seeds, src, size, command,
-                                                 metrics_md, notes))
+                                                 metrics_md, notes,
+                                                 _read_json(cal) if cal.is_file() else None))
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
