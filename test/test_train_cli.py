@@ -71,7 +71,9 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
         assert cal['accuracy_after'] >= cal['accuracy_before'] and cal['seeds'], name
         assert cal['precision_after'] >= cal['precision_before'], name
         calibrated[name] = cal
+    info = json.loads((model / 'model.json').read_text())
     assert set(info['calibration']) == set(calibrated)
+    assert info['calibration']['both_tram']['class_thresholds'] == calibrated['both_tram']['class_thresholds']
 
     out = tmp_path / 'eval'
     assert eval_cli.main(['--checkpoint', str(model), '--data', str(splits / 'test'),

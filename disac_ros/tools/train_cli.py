@@ -300,7 +300,8 @@ def cmd_calibrate(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     from disac_ros.core.training.calibration import calibrate_model
     done = calibrate_model(args.out, _open(args.val), recipe=recipe, log=print)
     update_model_json(Path(args.out), calibration={Path(d['folder']).name: {
-        k: d[k] for k in ('class_weights', 'accuracy_before', 'accuracy_after', 'seeds')}
+        k: d[k] for k in ('class_weights', 'class_thresholds', 'accuracy_before', 'accuracy_after',
+                          'seeds')}
         for d in done})
     return {'calibrated': done}
 
