@@ -162,6 +162,13 @@ def test_train_cli_rejects_bad_input_with_clear_messages(
     assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out',
                            str(tmp_path / 'm'), '--quick', '--torch-device', 'tpu']) == 2
     assert 'torch_device' in capsys.readouterr().err
+    not_a_model = tmp_path / 'not_a_model'
+    not_a_model.mkdir()
+    assert train_cli.main(['calibrate', '--out', str(not_a_model), '--val', str(splits / 'val')]) == 2
+    assert 'is not a model folder' in capsys.readouterr().err
+    assert not list(not_a_model.iterdir())                 # nothing written into it
+    assert train_cli.main(['calibrate', '--out', str(tmp_path / 'm'), '--val', str(tmp_path)]) == 2
+    assert 'not a dataset folder' in capsys.readouterr().err
 
 
 def test_eval_cli_rejects_a_folder_that_is_not_a_model(tmp_path: Path,

@@ -100,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                   'exported model)')
     cal.add_argument('--val', required=True, help='validation split (a disac-dataset folder)')
     cal.add_argument('--threads', type=int, help='torch threads (default: the recipe)')
-    cal.set_defaults(recipe=None, quick=False, llm=None)      # the recipe stored in OUT
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
     a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
@@ -142,6 +141,17 @@ def resolve_recipe(args: argparse.Namespace) -> Any:
     if args.threads is not None:
         recipe = replace(recipe, threads=args.threads)
     return recipe
+
+
+def stored_recipe(args: argparse.Namespace) -> Any:
+    """OUT/recipe.json (UsageError when OUT is not a model folder), with --threads."""
+    from dataclasses import replace
+    from disac_ros.core.training.recipes import Recipe
+    path = Path(args.out) / RECIPE_JSON
+    if not path.is_file():
+        raise UsageError(f'--out: {args.out} is not a model folder (no {RECIPE_JSON})')
+    recipe = Recipe.from_dict(json.loads(path.read_text()))
+    return recipe if args.threads is None else replace(recipe, threads=args.threads)
 
 
 def update_model_json(out: Path, **fields: Any) -> dict[str, Any]:
@@ -337,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == 'export':    # reads a finished folder: no recipe to resolve
             cmd_export(args)
             return 0
-        recipe = resolve_recipe(args)
+        # calibrate reads a finished folder: its stored recipe, never rewritten
+        recipe = stored_recipe(args) if args.command == 'calibrate' else resolve_recipe(args)
         {'stage1': cmd_stage1, 'decoder': cmd_decoder, 'stage2': cmd_stage2,
          'calibrate': cmd_calibrate, 'all': cmd_all}[args.command](args, recipe)
     except (UsageError, ConfigError) as err:
