@@ -165,6 +165,7 @@ def test_sim_bad_packets_are_counted_and_tracks_keep_flowing(sim):
     for d in sim['devices']:
         assert f'{d}.since_heard_s' in v and f'{d}.snr_db' in v
     assert 'decode_fuse_ms_mean' in v and 'sensor_to_tracks_ms_mean' in v
+    assert v['class_calibration'] == 'none'          # the fake model has no calibration file
 
 
 def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim, fake_model):

@@ -75,7 +75,8 @@ PARAMS = (
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
     Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '
                            'group is not slowed by first-call costs'),
-    Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection',
+    Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection '
+          '(unused while per-class thresholds are in effect: class_thresholds)',
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
     Param('detection_fusion', 'weighted', 'how reports of one object by several devices are merged: '
           'weighted (score-weighted mean of the reports within fusion_radius_m, noisy-OR '
@@ -243,6 +244,8 @@ class AggregatorNode(Node):
         self.pipeline = pipeline
         self.diag.set('decoder', pipeline.decoder_kind)
         fusion = pipeline.fusion
+        self.diag.set('class_calibration', '+'.join(name for name, on in (
+            ('weights', fusion.class_weights), ('thresholds', fusion.class_thresholds)) if on) or 'none')
         per_class = (f'class weights {[round(w, 3) for w in fusion.class_weights]}, '
                      if fusion.class_weights else '') + (
             f'class thresholds {list(fusion.class_thresholds)}' if fusion.class_thresholds
