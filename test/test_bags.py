@@ -6,7 +6,9 @@ about 3 s; the bag is then replayed by bag_player into an rclpy observer on a fr
 from __future__ import annotations
 
 from pathlib import Path
+import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -109,15 +111,23 @@ def recorded(tmp_path_factory):
         assert obs.wait_for_messages(['/dev0/camera/image_raw'], 2, WORLD_START_TIMEOUT_S, alive=runner), \
             f'the world published no frames:\n{runner.tail()}'
         topics = '[' + ', '.join(RECORD_TOPICS) + ']'
-        recorder = Proc.python('disac_ros.nodes.bag_recorder', '--ros-args', '-p', f'output:={bag}',
-                               '-p', f'topics:={topics}', '-p', 'discovery_period_s:=0.2',
-                               env=env, log=tmp / 'recorder.log')
+        for attempt in (1, 2):
+            recorder = Proc.python('disac_ros.nodes.bag_recorder', '--ros-args', '-p', f'output:={bag}',
+                                   '-p', f'topics:={topics}', '-p', 'discovery_period_s:=0.2',
+                                   env=env, log=tmp / f'recorder{attempt}.log')
 
-        def subscribed() -> int:
-            return recorder.output().count(']: subscribed ')
-        assert obs.wait_until(lambda: subscribed() == len(RECORD_TOPICS) or recorder.proc.poll() is not None, 60), (
-            f'recorder did not subscribe to all of {RECORD_TOPICS}:\n{recorder.tail()}\n'
-            f'the test observer sees publishers: {graph_publishers(obs.node, RECORD_TOPICS)}\n{runner.tail()}')
+            def subscribed() -> int:
+                return recorder.output().count(']: subscribed ')
+            if obs.wait_until(lambda: subscribed() == len(RECORD_TOPICS) or recorder.proc.poll() is not None, 60):
+                break
+            failure = (f'recorder did not subscribe to all of {RECORD_TOPICS}:\n{recorder.tail()}\n'
+                       f'the test observer sees publishers: {graph_publishers(obs.node, RECORD_TOPICS)}')
+            assert attempt == 1, f'{failure}\n{runner.tail()}'
+            # Once (CI, 2026-11-27) DDS discovery never delivered one publisher to a recorder: say
+            # so, and give a fresh participant one more chance before failing.
+            warnings.warn(f'restarting the recorder: {failure}')
+            recorder.kill()
+            shutil.rmtree(bag, ignore_errors=True)
         obs.clear()
         # Record until the observer has seen ~3 s of frames (event-driven, bounded).
         assert obs.wait_for_messages(['/dev0/camera/image_raw'], int(3 * RATE_HZ), 30, alive=runner), runner.tail()
