@@ -79,6 +79,18 @@ def subscribe_outputs(obs, devices):
         obs.subscribe(f'/{d}/semantic/feature', SemanticFeature, sensor_qos(10))
 
 
+def publish_until(obs, pub, msgs, done, timeout=20.0):
+    """Publish ``msgs`` (fresh stamps) at every poll until ``done()``. A new publisher's
+    subscription count also counts the test observer's own subscription, so the node under test
+    may match it later, and best-effort messages sent before that are lost."""
+    def step():
+        for m in msgs:
+            m.header.stamp = cv.time_to_msg(time.time())
+            pub.publish(m)
+        return done()
+    return obs.wait_until(step, timeout, period=0.1)
+
+
 def weight_devices(obs, since):
     return {d for t, m in obs.messages('/aggregator/weights') if t >= since for d in m.device_ids}
 
@@ -148,16 +160,11 @@ def test_sim_bad_packets_are_counted_and_tracks_keep_flowing(sim):
     foreign = SemanticFeature(device_id='evil', codec_version=1)
     garbage = SemanticFeature(device_id='dev0', codec_version=1, shape=array.array('I', [16, 2]), scale=math.nan,
                               zero_point=0, bits_per_element=8, payload=array.array('B', [0] * 3))
-    for _ in range(3):
-        for m in (bad_shape, foreign, garbage):
-            m.header.stamp = cv.time_to_msg(time.time())
-            pub.publish(m)
-        time.sleep(0.05)
 
     def counted():
         v = diag_values(obs, 'aggregator')
         return float(v.get('unknown_device', 0)) >= 1 and float(v.get('bad_payload', 0)) >= 2
-    assert obs.wait_until(counted, 15), diag_values(obs, 'aggregator')
+    assert publish_until(obs, pub, (bad_shape, foreign, garbage), counted), diag_values(obs, 'aggregator')
     node.destroy_publisher(pub)
     t = time.monotonic()
     assert obs.wait_until(lambda: len([1 for r, _ in obs.messages('/aggregator/tracks') if r > t]) >= 3, 15)
@@ -301,16 +308,13 @@ def test_external_source_with_signed_features_and_a_test_publisher(tmp_path, fak
         assert len(feat.auth_tag) == 16                        # devices sign with the fleet secret
         # An unsigned packet claiming to be dev1 is refused; fused output goes on.
         fake = SemanticFeature()
-        fake.header.stamp = cv.time_to_msg(time.time())
         fake.device_id, fake.codec_version = 'dev1', feat.codec_version
         fake.shape, fake.scale, fake.zero_point = feat.shape, feat.scale, feat.zero_point
         fake.bits_per_element, fake.payload = feat.bits_per_element, feat.payload
         forge = node.create_publisher(SemanticFeature, '/dev1/semantic/feature', sensor_qos(5))
-        assert obs.wait_until(lambda: forge.get_subscription_count() > 0, 15)
-        for _ in range(3):
-            forge.publish(fake)
-            time.sleep(0.05)
-        assert obs.wait_until(lambda: float(diag_values(obs, 'aggregator').get('auth_failed', 0)) >= 1, 15)
+        assert publish_until(obs, forge, (fake,),
+                             lambda: float(diag_values(obs, 'aggregator').get('auth_failed', 0)) >= 1), \
+            diag_values(obs, 'aggregator')
         t = time.monotonic()
         assert obs.wait_until(lambda: weight_devices(obs, t) == set(devices), 15)
         assert proc.stop(signal.SIGINT, timeout=40) == 0, proc.tail()
