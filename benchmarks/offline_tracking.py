@@ -25,7 +25,6 @@ e.g. ``'min_hits=2;confirm_window=3;max_misses=8'``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import math
 from pathlib import Path
 import sys
@@ -204,13 +203,18 @@ def main() -> int:
     print('|' + '---|' * (len(det_cols) + len(cols) + 3))
     for fname, fusion in fusions.items():
         for th in thresholds:
-            if th == 'model':
-                row_fusion = replace(fusion, class_weights=calibration.class_weights,
-                                     class_thresholds=calibration.class_thresholds)
+            if th == 'model':      # the fit for the number of devices each frame has
+                def row_fusion(n: int, base: FusionConfig = fusion) -> FusionConfig:
+                    return calibration.fusion(base, n)
                 th, label = 0.5, 'model' + ('' if calibration.class_weights else ' (none)')
             else:
-                row_fusion, label = fusion, f'{th:g}'
-            merged = [dict(fr, detections=merge(fr['detections'], th, row_fusion)) for fr in frames]
+                def row_fusion(n: int, base: FusionConfig = fusion) -> FusionConfig:
+                    return base
+                label = f'{th:g}'
+            merged = [dict(fr, detections=merge(fr['detections'], th,
+                                                row_fusion(len(fr['detections'][0].devices)
+                                                           if fr['detections'] else 1)))
+                      for fr in frames]
             d = detection_metrics(merged)
             dvals = ' | '.join(f'{d[c]:.3f}' for c in det_cols)
             for name, cfg in configs.items():

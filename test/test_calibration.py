@@ -79,7 +79,9 @@ def test_calibration_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
     path = save_calibration(tmp_path, cal, {'seeds': [100]})
     assert load_calibration(tmp_path) == cal and json.loads(path.read_text())['seeds'] == [100]
     for bad in ('{not json', '{"class_weights": [1, -2, 1, 1]}', '{"weights": []}',
-                '{"class_weights": [1, 1, 1, 1], "class_thresholds": [0, 1, 1, 1]}', '[]'):
+                '{"class_weights": [1, 1, 1, 1], "class_thresholds": [0, 1, 1, 1]}', '[]',
+                '{"class_weights": [1, 1, 1, 1], "by_devices": {"one": {"class_weights": [1, 1, 1, 1]}}}',
+                '{"class_weights": [1, 1, 1, 1], "by_devices": {"0": {"class_weights": [1, 1, 1, 1]}}}'):
         path.write_text(bad)
         with pytest.raises(ModelError, match='calibration.json.*disac-train calibrate'):
             load_calibration(tmp_path)
@@ -98,3 +100,21 @@ def test_fast_threshold_scoring_equals_the_exact_matching() -> None:
     fast = _ThresholdScorer(frames, weights, 2.0)
     for thr in rng.choice([0.3, 0.5, 0.7, 0.9], (30, 4)):
         assert fast(thr) == score_frames(frames, weights, thr, 2.0)[:3]
+
+
+def test_fits_for_fewer_devices_apply_by_the_number_present(tmp_path: Path) -> None:
+    from disac_ros.core.detection_fusion import FusionConfig
+    one = Calibration((1.0, 1.2, 1.0, 1.0), (0.5, 0.4, 0.5, 0.45))
+    cal = Calibration((1.0, 2.0, 0.5, 1.0), (0.7, 0.3, 0.45, 0.3), {1: one})
+    assert cal.for_devices(1) == one and cal.for_devices(4) == cal.for_devices(2) == cal
+    base = FusionConfig('weighted', 2.5)
+    assert cal.fusion(base, 1).class_thresholds == one.class_thresholds
+    assert cal.fusion(base, 4).radius_m == 2.5 and cal.fusion(base, 4).class_weights == cal.class_weights
+    # An override replaces that correction for every device count, the other is kept.
+    flat = cal.overridden((), None)
+    assert flat.for_devices(1).class_weights == flat.for_devices(4).class_weights == ()
+    assert flat.for_devices(1).class_thresholds == one.class_thresholds
+    save_calibration(tmp_path, cal, {'seeds': [100]}, {1: {'accuracy_after': 0.7}})
+    assert load_calibration(tmp_path) == cal
+    data = json.loads((tmp_path / 'calibration.json').read_text())
+    assert data['by_devices']['1']['accuracy_after'] == 0.7

@@ -184,16 +184,21 @@ def test_the_aggregator_applies_the_models_calibration_unless_told_otherwise(fak
     model = tmp_path / 'calibrated'
     shutil.copytree(fake_model, model)
     assert AggregatorPipeline(model).fusion.class_weights == ()          # no file: uncalibrated
-    cal = Calibration((1.0, 3.0, 0.5, 1.0), (0.9, 0.2, 0.5, 0.2))
+    alone = Calibration((1.0, 1.0, 1.0, 1.0), (0.95, 0.95, 0.95, 0.95))   # one device: strict
+    cal = Calibration((1.0, 3.0, 0.5, 1.0), (0.9, 0.2, 0.5, 0.2), {1: alone})
     save_calibration(model / 'stage2' / 'both_tram', cal, {})
     agg = AggregatorPipeline(model, score_threshold=0.5)
     assert (agg.fusion.class_weights, agg.fusion.class_thresholds) == (cal.class_weights, cal.class_thresholds)
+    assert agg.fusion_for(3) == agg.fusion_for(4) == agg.fusion           # no fit of their own
     plain = AggregatorPipeline(model, class_weights=(), class_thresholds=())
     assert (plain.fusion.class_weights, plain.fusion.class_thresholds) == ((), ())
     group = packets(model, ['dev0', 'dev1'])
     for det in agg.run([group])[0].detections:        # each kept at its own class's threshold
         cls = int(np.argmax(det.class_probabilities)) - 1
         assert det.confidence >= cal.class_thresholds[cls]
+    assert agg.fusion_for(1).class_thresholds == alone.class_thresholds     # by devices present
+    lone = agg.run([packets(model, ['dev2'])])[0]
+    assert all(det.confidence >= 0.95 for det in lone.detections)
     with pytest.raises(ConfigError, match='class_weights'):
         AggregatorPipeline(model, class_weights=(1.0, 2.0))
     (model / 'stage2' / 'both_tram' / 'calibration.json').write_text('{"class_weights": "x"}')

@@ -70,6 +70,8 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
         assert len(cal['class_weights']) == len(cal['class_thresholds']) == 4, name
         assert cal['accuracy_after'] >= cal['accuracy_before'] and cal['seeds'], name
         assert cal['precision_after'] >= cal['precision_before'], name
+        assert sorted(cal['by_devices']) == ['1', '2', '3'], name     # fewer devices: own fits
+        assert all(len(v['class_thresholds']) == 4 for v in cal['by_devices'].values()), name
         calibrated[name] = cal
     info = json.loads((model / 'model.json').read_text())
     assert set(info['calibration']) == set(calibrated)

@@ -276,7 +276,8 @@ class AggregatorPipeline:
         :param slot_of: device id -> model device id whose TRAM slot it uses (default: itself).
         :param class_weights: per real class weights on the detections' class distributions
             (:mod:`detection_fusion`); None = the aggregator's fitted calibration, if any
-            (``stage2/.../calibration.json``), () = none.
+            (``stage2/.../calibration.json``, the fit for the number of devices in each group),
+            () = none; given values apply to every group.
         :param class_thresholds: per real class detection thresholds replacing
             ``score_threshold``; None = the fitted calibration's, if any, () = none.
         """
@@ -303,21 +304,29 @@ class AggregatorPipeline:
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
         self.channel_config = self.info.channel
         self.score_threshold = float(score_threshold)
-        fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
-        per_class = {'class_weights': fitted.class_weights if class_weights is None else class_weights,
-                     'class_thresholds': (fitted.class_thresholds if class_thresholds is None
-                                          else class_thresholds)}
-        for name, values in per_class.items():
-            if len(values) not in (0, NUM_CLASSES - 1):
+        for name, values in (('class_weights', class_weights), ('class_thresholds', class_thresholds)):
+            if values is not None and len(values) not in (0, NUM_CLASSES - 1):
                 raise ConfigError(name, f'need {NUM_CLASSES - 1} values (one per real class) or '
                                         f'none, got {list(values)}')
-        self.fusion = replace(fusion or FusionConfig(), **{k: tuple(v) for k, v in per_class.items()})
+        fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
+        self.calibration = fitted.overridden(class_weights, class_thresholds)   # ConfigError if bad
+        self._base_fusion = fusion or FusionConfig()
+        self._fusion_by_devices: dict[int, FusionConfig] = {}
+        # the configuration with every model device present (logged, shown in diagnostics)
+        self.fusion = self.fusion_for(len(self.info.devices))
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
         if getattr(self.decoder, 'routes_by_device', False):
             missing = [d for d in self.info.devices if d not in self.decoder.config.devices]
             if missing:
                 raise ModelError(f'{dfolder}: no decoder for model device(s) {missing}')
+
+    def fusion_for(self, num_devices: int) -> FusionConfig:
+        """The merging and per-class settings for a group of ``num_devices`` devices."""
+        if num_devices not in self._fusion_by_devices:
+            self._fusion_by_devices[num_devices] = self.calibration.fusion(self._base_fusion,
+                                                                           num_devices)
+        return self._fusion_by_devices[num_devices]
 
     def slot(self, device_id: str) -> int:
         """TRAM device-id slot of a device; ModelError when the model has none for it."""
@@ -416,5 +425,5 @@ class AggregatorPipeline:
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str]) -> list[Detection]:
         real = probs[:, 1:NUM_CLASSES]
-        return merged_detections(real.max(-1), real, pos, vel, self.score_threshold, self.fusion,
-                                 frozenset(devices))
+        return merged_detections(real.max(-1), real, pos, vel, self.score_threshold,
+                                 self.fusion_for(len(devices)), frozenset(devices))

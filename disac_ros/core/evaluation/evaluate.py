@@ -29,12 +29,13 @@ budget at each distance, reference fading). LLM decoders run on ``llm_max_frames
 decoder's output (``stage2/both_tram_<kind>``) where the model folder has one, else the shipped
 TRAM; ``aggregator_trained_on`` says which. Each aggregator's class weights and thresholds, where
 ``disac-train calibrate`` fitted them (``stage2/.../calibration.json``), apply to its detections
-in every row that uses it; ``rows[*].class_weights`` / ``class_thresholds`` list them (empty =
-none: the recipe's single ``score_threshold``).
+in every row that uses it, the fit for the number of devices present in each frame;
+``rows[*].class_weights`` / ``class_thresholds`` list those for the row's K (empty = none: the
+recipe's single ``score_threshold``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 import json
 from pathlib import Path
 import time
@@ -253,8 +254,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     mod, kind, agg, trained_on = plan
     rec = ctx.recipe
     cal = ctx.calibration.get((mod, agg, trained_on), Calibration()) if calibrated else Calibration()
-    fusion = replace(rec.eval.fusion_config(), class_weights=cal.class_weights,
-                     class_thresholds=cal.class_thresholds)
+    fusion = cal.fusion(rec.eval.fusion_config(), len(cond.devices))   # for the row's record
     threshold = rec.eval.score_threshold if threshold is None else float(threshold)
     if rows is None:
         rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
@@ -311,7 +311,9 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
         for s in range(0, len(keep), 64):
             sel = keep[s:s + 64]
             pred = model(fhat[sel], present[sel], pose[sel], link[sel], slots[sel]).prediction
-            for j, fused in enumerate(fused_from_prediction(pred, threshold, fusion)):
+            per_frame = [cal.fusion(rec.eval.fusion_config(), int(n))       # devices present
+                         for n in present[sel].sum(dim=1).tolist()]
+            for j, fused in enumerate(fused_from_prediction(pred, threshold, per_frame)):
                 gt = gts[int(sel[j])]
                 stats.add_frame((fused.class_index + 1).astype(np.int64), fused.position,
                                 fused.velocity, gt.classes, gt.position, gt.velocity)
@@ -330,8 +332,8 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             'nmse_db': ferr.nmse_db(), 'bytes_per_device_frame': float(np.mean(sent_bytes)),
             'delivered_fraction': delivered_n / max(packets_n, 1), 'num_gt': s['num_gt'],
             'decoder': kind if method != 'digital_jpeg' else 'jpeg+rf', 'aggregator': agg,
-            'aggregator_trained_on': trained_on, 'class_weights': list(cal.class_weights),
-            'class_thresholds': list(cal.class_thresholds),
+            'aggregator_trained_on': trained_on, 'class_weights': list(fusion.class_weights),
+            'class_thresholds': list(fusion.class_thresholds),
             'modalities': mod, **stats.per_class()}
 
 

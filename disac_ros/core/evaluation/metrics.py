@@ -21,7 +21,7 @@ columns = the class of the detection matched to it (column 0 = missed), and each
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -36,15 +36,20 @@ _BIG = 1e9
 
 
 def fused_from_prediction(pred: SetPrediction, threshold: float,
-                          fusion: FusionConfig | None = None) -> list[FusedDetections]:
-    """Per frame, the detections :func:`fuse_detections` makes of the queries (``fusion`` None =
-    no merging at all)."""
+                          fusion: FusionConfig | Sequence[FusionConfig] | None = None
+                          ) -> list[FusedDetections]:
+    """Per frame, the detections :func:`fuse_detections` makes of the queries (``fusion``: one
+    config, or one per frame; None = no merging at all)."""
     fusion = fusion or FusionConfig(method='nms', radius_m=0.0)
     # Scored on the CPU, wherever the model ran.
     probs = pred.logits.detach().float().softmax(-1)[..., 1:].cpu().numpy()
+    per_frame = [fusion] * probs.shape[0] if isinstance(fusion, FusionConfig) else list(fusion)
+    if len(per_frame) != probs.shape[0]:
+        raise ValueError(f'fused_from_prediction: {len(per_frame)} fusion configs for '
+                         f'{probs.shape[0]} frames')
     return [fuse_detections(probs[b].max(-1), probs[b],
                             pred.position[b].detach().float().cpu().numpy(),
-                            pred.velocity[b].detach().float().cpu().numpy(), threshold, fusion)
+                            pred.velocity[b].detach().float().cpu().numpy(), threshold, per_frame[b])
             for b in range(probs.shape[0])]
 
 

@@ -190,11 +190,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ['Decoder / aggregator of each method (the aggregator was trained on that '
                   'decoder\'s output unless they differ): ' + ', '.join(
                       f'{m}: {d} / TRAM on {t}' for m, d, t in sorted(pairs)) + '.', '']
+    kmax = max((r['K'] for r in result['rows']), default=0)
     calibrated = sorted({(r['method'], tuple(r['class_weights']), tuple(r.get('class_thresholds', ())))
-                         for r in result['rows'] if r.get('class_weights')})
+                         for r in result['rows'] if r.get('class_weights') and r['K'] == kmax})
     if calibrated:
         lines += ['Per-class calibration fitted on the validation split (`disac-train calibrate`; '
-                  'class weights / detection thresholds for car, truck, pedestrian, cyclist): '
+                  f'class weights / detection thresholds for car, truck, pedestrian, cyclist at K = '
+                  f'{kmax}; fewer devices use their own fits, in each row of metrics.json): '
                   + ', '.join(f'{m}: {[round(w, 3) for w in cw]} / {list(ct) or "single"}'
                               for m, cw, ct in calibrated) + '.', '']
     elif meta.get('calibrated') is False:
