@@ -254,7 +254,8 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     mod, kind, agg, trained_on = plan
     rec = ctx.recipe
     cal = ctx.calibration.get((mod, agg, trained_on), Calibration()) if calibrated else Calibration()
-    fusion = cal.fusion(rec.eval.fusion_config(), len(cond.devices))   # for the row's record
+    row_k = 1 if method == 'single_device' else len(cond.devices)
+    fusion = cal.fusion(rec.eval.fusion_config(), row_k)               # for the row's record
     threshold = rec.eval.score_threshold if threshold is None else float(threshold)
     if rows is None:
         rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
@@ -321,7 +322,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
                     on_frame(fused, gt)
     s = stats.summary()
     return {'method': method, 'sweep': cond.sweep,
-            'K': 1 if method == 'single_device' else len(cond.devices),
+            'K': row_k,
             'snr_db': (float(cond.snr_db) if cond.snr_db is not None
                        else float(np.mean(common_snr(channel, cond.distance_m)))),
             'snr_from_distance': cond.snr_db is None, 'fading': cond.fading,
