@@ -46,7 +46,7 @@ from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
 from disac_ros.core.mot_scoring import (  # noqa: E402
     GtObject, score_tracks, ScoringFrame, TrackedObject)
 from disac_ros.core.tracking import Detection, MultiObjectTracker, TrackerConfig  # noqa: E402
-from disac_ros.core.training.calibration import load_calibration  # noqa: E402
+from disac_ros.core.training.calibration import Calibration, load_calibration  # noqa: E402
 from disac_ros.core.training.stage2 import stage2_dir  # noqa: E402
 
 CACHE_THRESHOLD = 0.3       # queries are cached at this score; rows filter and merge upwards
@@ -204,16 +204,12 @@ def main() -> int:
     for fname, fusion in fusions.items():
         for th in thresholds:
             if th == 'model':      # the fit for the number of devices each frame has
-                def row_fusion(n: int, base: FusionConfig = fusion) -> FusionConfig:
-                    return calibration.fusion(base, n)
+                cal = calibration
                 th, label = 0.5, 'model' + ('' if calibration.class_weights else ' (none)')
             else:
-                def row_fusion(n: int, base: FusionConfig = fusion) -> FusionConfig:
-                    return base
-                label = f'{th:g}'
-            merged = [dict(fr, detections=merge(fr['detections'], th,
-                                                row_fusion(len(fr['detections'][0].devices)
-                                                           if fr['detections'] else 1)))
+                cal, label = Calibration(), f'{th:g}'
+            merged = [dict(fr, detections=merge(fr['detections'], th, cal.fusion(
+                fusion, len(fr['detections'][0].devices) if fr['detections'] else 1)))
                       for fr in frames]
             d = detection_metrics(merged)
             dvals = ' | '.join(f'{d[c]:.3f}' for c in det_cols)

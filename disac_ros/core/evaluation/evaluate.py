@@ -254,8 +254,10 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
     mod, kind, agg, trained_on = plan
     rec = ctx.recipe
     cal = ctx.calibration.get((mod, agg, trained_on), Calibration()) if calibrated else Calibration()
+    # merging + per-class settings by the number of devices present in a frame
+    fusion_of = {k: cal.fusion(rec.eval.fusion_config(), k) for k in range(1, len(cond.devices) + 1)}
     row_k = 1 if method == 'single_device' else len(cond.devices)
-    fusion = cal.fusion(rec.eval.fusion_config(), row_k)               # for the row's record
+    fusion = fusion_of[row_k]                                          # for the row's record
     threshold = rec.eval.score_threshold if threshold is None else float(threshold)
     if rows is None:
         rows = np.arange(len(ctx.frames)) if frame_limit <= 0 else _subset(len(ctx.frames),
@@ -312,8 +314,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
         for s in range(0, len(keep), 64):
             sel = keep[s:s + 64]
             pred = model(fhat[sel], present[sel], pose[sel], link[sel], slots[sel]).prediction
-            per_frame = [cal.fusion(rec.eval.fusion_config(), int(n))       # devices present
-                         for n in present[sel].sum(dim=1).tolist()]
+            per_frame = [fusion_of[n] for n in present[sel].sum(dim=1).tolist()]
             for j, fused in enumerate(fused_from_prediction(pred, threshold, per_frame)):
                 gt = gts[int(sel[j])]
                 stats.add_frame((fused.class_index + 1).astype(np.int64), fused.position,

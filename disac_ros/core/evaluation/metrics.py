@@ -96,10 +96,8 @@ class DetectionStats:
         np.add.at(self.confusion, (gt[ok], got[ok]), 1)
 
     def add_frame(self, det_cls: np.ndarray, det_pos: np.ndarray, det_vel: np.ndarray,
-                  gt_cls: np.ndarray, gt_pos: np.ndarray, gt_vel: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Add one frame's detections and ground truth (arrays, any frame of reference);
-        returns the match (detection indices, ground-truth indices)."""
+                  gt_cls: np.ndarray, gt_pos: np.ndarray, gt_vel: np.ndarray) -> None:
+        """Add one frame's detections and ground truth (arrays, any frame of reference)."""
         rows, cols = match(np.asarray(det_pos, dtype=np.float64).reshape(-1, 2),
                            np.asarray(gt_pos, dtype=np.float64).reshape(-1, 2), self.gate_m)
         self.num_gt += len(gt_cls)
@@ -115,7 +113,6 @@ class DetectionStats:
             dv = np.asarray(det_vel)[rows, :2] - np.asarray(gt_vel)[cols, :2]
             self.pos_sq += float((dp ** 2).sum())
             self.vel_sq += float((dv ** 2).sum())
-        return rows, cols
 
     def add_missed(self, gt_cls: np.ndarray) -> None:
         """A frame with no output at all (e.g. every packet lost): all its objects are missed."""

@@ -86,7 +86,8 @@ class Calibration:
             return Calibration(cal.class_weights if class_weights is None else tuple(class_weights),
                                cal.class_thresholds if class_thresholds is None
                                else tuple(class_thresholds))
-        return Calibration(one(self).class_weights, one(self).class_thresholds,
+        top = one(self)
+        return Calibration(top.class_weights, top.class_thresholds,
                            {k: one(sub) for k, sub in self.by_devices.items()})
 
 
