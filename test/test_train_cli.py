@@ -164,6 +164,15 @@ def test_train_cli_rejects_bad_input_with_clear_messages(
     assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out',
                            str(tmp_path / 'm'), '--quick', '--torch-device', 'tpu']) == 2
     assert 'torch_device' in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--kind', 'mlp', '--out', str(tmp_path / 'm'), '--quick',
+                           '--refit-steps', '10']) == 2
+    assert "--refit-steps: only for --kind device, not 'mlp'" in capsys.readouterr().err
+    assert train_cli.main(['decoder', '--kind', 'device', '--out', str(tmp_path / 'm'),
+                           '--quick', '--refit-steps', '-1']) == 2
+    assert '--refit-steps: must be >= 0' in capsys.readouterr().err
+    assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out',
+                           str(tmp_path / 'm'), '--quick', '--fresh-optimizer']) == 2
+    assert '--fresh-optimizer: only with --resume' in capsys.readouterr().err
     not_a_model = tmp_path / 'not_a_model'
     not_a_model.mkdir()
     assert train_cli.main(['calibrate', '--out', str(not_a_model), '--val', str(splits / 'val')]) == 2

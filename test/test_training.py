@@ -305,3 +305,85 @@ def test_resuming_a_finished_run_keeps_its_validation_metrics(splits: Path, tmp_
     again = train_stage1(ds, 'dev1', tmp_path, r, val=val, steps=2, resume=True,
                          show_progress=False)
     assert first['metrics'] and again['metrics'] == pytest.approx(first['metrics'], nan_ok=True)
+
+
+def test_refit_device_decoders_fits_each_device_on_its_own_features_only(
+        splits: Path, tmp_path: Path) -> None:
+    import shutil
+    from disac_ros.core.models.checkpoint import load_checkpoint
+    from disac_ros.core.training.data import load_export, save_export
+    from disac_ros.core.training.decoder import decoder_dir, refit_device_decoders
+    r = tiny_recipe()
+    train = DisacDataset(splits / 'train')
+    devices = train.device_ids
+    for dev in devices:
+        train_stage1(train, dev, tmp_path / 'a', r, steps=2, show_progress=False)
+    with pytest.raises(ConfigError, match='no collected per-device decoders'):
+        refit_device_decoders(tmp_path / 'a', r, steps=5, show_progress=False)
+    train_decoder(tmp_path / 'a', r, 'device', show_progress=False, devices=devices)
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    # Folder b: another device's features differ; the first device's refit must not notice.
+    other = stage1_dir(tmp_path / 'b', 'both', devices[1]) / 'export_train.npz'
+    e = load_export(other)
+    save_export(other, e['device_id'], e['symbols'], 3.0 * e['feature'], e['frame'], e['time_s'],
+                e['pose'])
+    folder = decoder_dir(tmp_path / 'a', 'both', 'device') / 'checkpoint'
+    before = load_checkpoint(folder).models['decoder']
+    out = refit_device_decoders(tmp_path / 'a', r, steps=60, show_progress=False)
+    refit_device_decoders(tmp_path / 'b', r, steps=60, show_progress=False)
+    assert out['refit_steps'] == 60 and out['devices'] == devices
+    assert out['val_nmse_db']['mean'] < out['val_nmse_db_before_refit']['mean']
+    a = load_checkpoint(folder).models['decoder']
+    b = load_checkpoint(decoder_dir(tmp_path / 'b', 'both', 'device') / 'checkpoint'
+                        ).models['decoder']
+    for i in range(len(devices)):
+        assert not torch.equal(before.decoders[i].net[0].weight, a.decoders[i].net[0].weight)
+    for va, vb in zip(a.decoders[0].state_dict().values(), b.decoders[0].state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+    assert not torch.equal(a.decoders[1].net[0].weight, b.decoders[1].net[0].weight)
+    # Refits add up; the symbols (and so every other decoder's input) never change.
+    again = refit_device_decoders(tmp_path / 'a', r, steps=2, show_progress=False)
+    assert again['refit_steps'] == 62
+    np.testing.assert_array_equal(
+        load_export(stage1_dir(tmp_path / 'a', 'both', devices[0]) / 'export_train.npz')['symbols'],
+        load_export(stage1_dir(tmp_path / 'b', 'both', devices[0]) / 'export_train.npz')['symbols'])
+
+
+def test_stage2_resumes_an_exported_checkpoint_only_with_a_fresh_optimizer(
+        splits: Path, tmp_path: Path) -> None:
+    from disac_ros.core.training.decoder import train_decoder as train_dec
+    r = tiny_recipe()
+    train = DisacDataset(splits / 'train')
+    for dev in train.device_ids:
+        train_stage1(train, dev, tmp_path, r, steps=2, show_progress=False)
+    train_dec(tmp_path, r, 'mlp', steps=5, show_progress=False)
+    train_stage2(train, tmp_path, r, steps=3, show_progress=False)
+    ckpt = tmp_path / 'stage2/both_tram/checkpoint'
+    for name in (common.TRAINER_STATE, common.TRAINER_STATE_INFO):   # as an exported model
+        (ckpt / name).unlink()
+    with pytest.raises(CheckpointError, match='optimizer state missing'):
+        train_stage2(train, tmp_path, r, steps=5, resume=True, show_progress=False)
+    s = train_stage2(train, tmp_path, r, steps=5, resume=True, fresh_optimizer=True,
+                     show_progress=False)
+    assert s['resumed_from'] == 3 and s['steps'] == 5 and s['fresh_optimizer']
+    assert (ckpt / common.TRAINER_STATE).is_file()
+
+
+def test_export_only_rewrites_the_exports_that_training_wrote(splits: Path, tmp_path: Path) -> None:
+    from disac_ros.core.training.data import load_export
+    from disac_ros.core.training.stage1 import export_stage1
+    r = tiny_recipe()
+    train, val = DisacDataset(splits / 'train'), DisacDataset(splits / 'val')
+    with pytest.raises(ConfigError, match='no stage-1 checkpoint for dev2'):
+        export_stage1(train, 'dev2', tmp_path, val=val)
+    train_stage1(train, 'dev2', tmp_path, r, val=val, steps=2, show_progress=False)
+    folder = stage1_dir(tmp_path, 'both', 'dev2')
+    written = {s: load_export(folder / f'export_{s}.npz') for s in ('train', 'val')}
+    for s in written:
+        (folder / f'export_{s}.npz').unlink()
+    out = export_stage1(train, 'dev2', tmp_path, val=val)
+    assert out['frames'] == {'train': len(train), 'val': len(val)}
+    for s, old in written.items():
+        new = load_export(folder / f'export_{s}.npz')
+        for key in ('symbols', 'feature', 'frame', 'pose'):
+            np.testing.assert_allclose(new[key], old[key], rtol=1e-5, atol=1e-6)

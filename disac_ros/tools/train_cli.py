@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument('--device', required=True, help='device id, e.g. dev0')
     s1.add_argument('--modalities', default='both', choices=('both', 'rf', 'camera'))
     s1.add_argument('--steps', type=int, help='total steps (override the recipe)')
+    s1.add_argument('--export-only', action='store_true',
+                    help="train nothing: write the device's exports (the symbols and features "
+                         'of --data, and of --val) from its saved detector and encoder, e.g. '
+                         'into a copy of an exported model before a decoder refit')
     dec = sub.add_parser('decoder', help='train a receiver decoder on all devices\' exports '
                                          'over the simulated channel')
     _common(dec, data=False)
@@ -82,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument('--torch-device', default='cpu',
                      help="where the decoder trains: 'cpu' (default) or 'cuda'; the channel "
                           "is simulated on the CPU either way")
+    dec.add_argument('--refit-steps', type=int, default=0, metavar='N',
+                     help="'device' kind only: refit each collected per-device decoder for N "
+                          "steps to its device's current features, encoder fixed (after "
+                          'perception-only stage-1 rounds; collects first when nothing is '
+                          'collected yet). Fine-tune the aggregators afterwards')
     s2 = sub.add_parser('stage2', help='train TRAM (or mean-pool) on decoded features only')
     _common(s2)
     s2.add_argument('--aggregator', default='tram', choices=('tram', 'mean_pool'))
@@ -94,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument('--torch-device', default='cpu',
                     help="where the decoder and the aggregator run: 'cpu' (default) or 'cuda'; "
                          'the channel and the labels stay on the CPU')
+    s2.add_argument('--fresh-optimizer', action='store_true',
+                    help='with --resume: weights and step count from the checkpoint, a new '
+                         'optimizer (for an exported model, which keeps no optimizer state, '
+                         'or after a decoder refit)')
     cal = sub.add_parser('calibrate', help="fit every aggregator's class weights on the "
                                            'validation split (stage2/<name>/calibration.json)')
     cal.add_argument('--out', required=True, help='model folder (a disac-train output or an '
@@ -184,6 +197,13 @@ def cmd_stage1(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     if args.device not in train.device_ids:
         raise UsageError(f'--device: unknown device {args.device!r}; the dataset has '
                          f'{train.device_ids}')
+    if getattr(args, 'export_only', False):
+        from disac_ros.core.training.stage1 import export_stage1
+        e = export_stage1(train, args.device, args.out, args.modalities, val=_open(args.val))
+        print(f'stage1 {args.modalities}/{args.device}: exported '
+              + ', '.join(f'{n} {k} frames' for k, n in e['frames'].items())
+              + f' in {e["wall_s"]} s')
+        return e
     s = train_stage1(train, args.device, args.out, recipe, modalities=args.modalities,
                      val=_open(args.val), resume=args.resume,
                      show_progress=not args.no_progress, steps=args.steps)
@@ -196,20 +216,39 @@ def cmd_stage1(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
 
 def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Train one decoder; re-pick the shipped decoder."""
-    from disac_ros.core.training.decoder import choose_shipped, train_decoder
+    from disac_ros.core.training.decoder import (choose_shipped, decoder_dir,
+                                                 refit_device_decoders, train_decoder)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f'--batch-size: must be >= 1, got {args.batch_size}')
-    s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
-                      show_progress=not args.no_progress, steps=args.steps,
-                      max_seconds=args.max_seconds, batch_size=args.batch_size,
-                      torch_device=args.torch_device, devices=_model_devices(Path(args.out)))
+    refit = getattr(args, 'refit_steps', 0) or 0
+    if refit < 0:
+        raise UsageError(f'--refit-steps: must be >= 0, got {refit}')
+    if refit and args.kind != 'device':
+        raise UsageError(f"--refit-steps: only for --kind device, not {args.kind!r}")
+    if refit and (decoder_dir(args.out, args.modalities, 'device') / 'checkpoint').is_dir():
+        s = refit_device_decoders(args.out, recipe, args.modalities, refit,
+                                  show_progress=not args.no_progress)
+    else:
+        s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
+                          show_progress=not args.no_progress, steps=args.steps,
+                          max_seconds=args.max_seconds, batch_size=args.batch_size,
+                          torch_device=args.torch_device, devices=_model_devices(Path(args.out)))
+        if refit:
+            s = refit_device_decoders(args.out, recipe, args.modalities, refit,
+                                      show_progress=not args.no_progress)
     fields: dict[str, Any] = {'decoders': {f'{args.modalities}/{args.kind}': _brief(s)}}
     if args.modalities == 'both':
         shipped, scores = choose_shipped(args.out, rule=recipe.decoder.shipped)
         fields.update(shipped_decoder=shipped, decoder_val_nmse_db=scores)
     update_model_json(Path(args.out), **fields)
-    print(f'decoder {args.modalities}/{args.kind}: {s["steps_done"]} steps in {s["wall_s"]} s, '
-          f'val NMSE {s["val_nmse_db"]["mean"]:.2f} dB (mean over SNR/fading)')
+    if refit:
+        print(f'decoder {args.modalities}/device: refit {refit} steps per device in '
+              f'{s["refit_wall_s"]} s, val NMSE {s["val_nmse_db_before_refit"]["mean"]:.2f} -> '
+              f'{s["val_nmse_db"]["mean"]:.2f} dB (mean over SNR/fading)')
+    else:
+        print(f'decoder {args.modalities}/{args.kind}: {s["steps_done"]} steps in '
+              f'{s["wall_s"]} s, val NMSE {s["val_nmse_db"]["mean"]:.2f} dB (mean over '
+              'SNR/fading)')
     return s
 
 
@@ -236,13 +275,16 @@ def variant_decoder(out: Path, modalities: str) -> str:
 def cmd_stage2(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Train one aggregator."""
     from disac_ros.core.training.stage2 import stage2_dir, train_stage2
+    if getattr(args, 'fresh_optimizer', False) and not args.resume:
+        raise UsageError('--fresh-optimizer: only with --resume')
     own = variant_decoder(Path(args.out), args.modalities)
     kind = args.decoder or own
     other = kind != own
     s = train_stage2(_open(args.data), args.out, recipe, modalities=args.modalities,
                      aggregator=args.aggregator, decoder_kind=kind, val=_open(args.val),
                      resume=args.resume, show_progress=not args.no_progress, steps=args.steps,
-                     own_folder=other, torch_device=args.torch_device)
+                     own_folder=other, torch_device=args.torch_device,
+                     fresh_optimizer=getattr(args, 'fresh_optimizer', False))
     folder = stage2_dir(args.out, args.modalities, args.aggregator, kind if other else '')
     update_model_json(Path(args.out), stage2={folder.name: _brief(s)})
     print(f'stage2 {args.modalities}/{args.aggregator} (decoder {kind}) -> {folder}: '

@@ -27,7 +27,7 @@ from disac_ros.core.training.recipes import ChannelRange
 
 TRAINER_STATE = 'trainer_state.pt'
 TRAINER_STATE_INFO = 'trainer_state.json'
-_TAGS = {'stage1': 1, 'decoder': 2, 'stage2': 3, 'eval': 4, 'export': 5}
+_TAGS = {'stage1': 1, 'decoder': 2, 'stage2': 3, 'eval': 4, 'export': 5, 'decoder_refit': 6}
 
 
 def set_threads(n: int) -> None:

@@ -286,6 +286,87 @@ def collect_device_decoders(out: str | Path, recipe: Recipe, modalities: str = '
     return summary
 
 
+def refit_device_decoders(out: str | Path, recipe: Recipe, modalities: str = 'both',
+                          steps: int = 0, show_progress: bool = True) -> dict[str, Any]:
+    """
+    Refit every collected per-device decoder (``decoders/<variant>/device``) to its device's
+    current features, encoder fixed: each device's decoder on that device's own training
+    export only, NMSE over the recipe's channel range.
+
+    Why: perception-only stage-1 rounds (``stage1.freeze_codec``) move the fused feature while
+    the encoder and decoder stay as they were, so decoded NMSE rises round after round even at
+    high SNR. The transmitted symbols do not change here, so every other receiver decoder and
+    every stored export stays valid; the aggregators trained on this decoder's output should be
+    fine-tuned afterwards.
+
+    :param steps: steps per device (batch ``decoder.batch_size``, LR ``decoder.lr`` with a cosine
+        decay); 0 only re-validates.
+    :return: the decoder summary, with ``refit_steps`` and the NMSE before the refit.
+    """
+    from disac_ros.core.models.checkpoint import save_checkpoint
+    if steps < 0:
+        raise ConfigError('decoder.refit_steps', f'must be >= 0, got {steps}')
+    folder = decoder_dir(out, modalities, 'device')
+    if not (folder / 'checkpoint').is_dir():
+        raise ConfigError('decoder', f'{folder}: no collected per-device decoders; run '
+                                     '`disac-train decoder --kind device` first')
+    loaded = load_checkpoint(folder / 'checkpoint')
+    dec = loaded.models['decoder']
+    ids = list(dec.config.devices)
+    train = load_exports(out, modalities, 'train')
+    missing = [d for d in ids if d not in train]
+    if missing:
+        raise ConfigError('stage1', f'{Path(out) / "stage1" / modalities}: no training export '
+                                    f'for {missing}; run `disac-train stage1` for them first')
+    val = load_exports(out, modalities, 'val') or train
+    parts = [(val[d], i) for i, d in enumerate(ids) if d in val]
+    vsel = np.sort(np.random.default_rng(recipe.seed).permutation(
+        sum(len(e['symbols']) for e, _ in parts))[:recipe.decoder.val_packets])
+    vx = np.concatenate([e['symbols'] for e, _ in parts])[vsel]
+    vf = np.concatenate([e['feature'] for e, _ in parts])[vsel]
+    vs = torch.as_tensor(np.concatenate([np.full(len(e['symbols']), i) for e, i in parts])[vsel],
+                         dtype=torch.long)
+    before = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed, vs)
+    rd = recipe.decoder
+    channel = WirelessChannel(recipe.channel)
+    t0 = time.perf_counter()
+    bar = progress(steps * len(ids), 0, f'refit decoders {modalities}/device', show_progress)
+    for i, dev_id in enumerate(ids):
+        x_all = torch.from_numpy(train[dev_id]['symbols'])
+        f_all = torch.from_numpy(train[dev_id]['feature'])
+        sub = dec.decoders[i]
+        params = common.trainable(sub)
+        opt = common.make_optimizer([{'params': params, 'lr': rd.lr}], 0.01)
+        for step in range(steps):
+            sub.train()
+            rng = common.step_rng(recipe.seed, 'decoder_refit', step, i)
+            idx = torch.as_tensor(rng.integers(0, len(x_all), size=rd.batch_size))
+            cond = common.draw_conditions(rng, rd.batch_size, recipe.train_channel)
+            y = common.send(channel, x_all[idx], cond, common.torch_gen(rng))
+            loss = common.nmse(sub(y, cond.snr_db, cond.distance_m), f_all[idx])
+            common.set_lr(opt, step, rd.warmup_steps, steps, 'cosine')
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, rd.grad_clip)
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(device=dev_id, nmse_db=f'{common.to_db(loss.item()):.2f}')
+    bar.close()
+    dec.eval()
+    after = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed, vs)
+    old = dict(loaded.metadata.get('metrics') or {})
+    summary = {**old, 'kind': 'device', 'modalities': modalities, 'devices': ids,
+               'refit_steps': int(old.get('refit_steps', 0)) + steps,
+               'refit_wall_s': round(time.perf_counter() - t0, 2),
+               'val_nmse_db_before_refit': before, 'val_nmse_db': after,
+               'source': 'stage-1 decoder of each device (trained with its encoder), refit on '
+                         "its device's own features with the encoder fixed"}
+    save_checkpoint(folder / 'checkpoint', {'decoder': dec},
+                    {**loaded.metadata, 'recipe': recipe.to_dict(), 'metrics': summary})
+    common.write_json(folder / 'summary.json', summary)
+    return summary
+
+
 def load_decoder(out: str | Path, modalities: str, kind: str, recipe: Recipe | None = None,
                  llm: Any = None) -> torch.nn.Module:
     """Load a trained decoder (LLM kinds load their backbone from the recipe's source)."""

@@ -265,6 +265,31 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
     return summary
 
 
+def export_stage1(train: DisacDataset, device_id: str, out: str | Path,
+                  modalities: str = 'both', val: DisacDataset | None = None) -> dict[str, Any]:
+    """
+    Write a device's exports (``export_train.npz``, and ``export_val.npz`` with ``val``) from its
+    saved stage-1 detector and encoder, without training: for a model folder whose exports are
+    missing or were made from other frames (e.g. an exported model, which keeps none).
+
+    :return: summary with the number of frames exported per split and the wall time.
+    """
+    folder = stage1_dir(out, modalities, device_id)
+    if not (folder / 'checkpoint').is_dir():
+        raise ConfigError('stage1', f'{folder}: no stage-1 checkpoint for {device_id}; train it '
+                                    'first')
+    t0 = time.perf_counter()
+    models = load_device_models(out, modalities, device_id)
+    frames = {'train': DeviceFrames(train.device_view(device_id), modalities)}
+    if val is not None:
+        frames['val'] = DeviceFrames(val.device_view(device_id), modalities)
+    for split, fr in frames.items():
+        export_device(models, fr, folder / f'export_{split}.npz')
+    return {'device_id': device_id, 'modalities': modalities,
+            'frames': {k: len(v) for k, v in frames.items()},
+            'wall_s': round(time.perf_counter() - t0, 2)}
+
+
 def load_device_models(out: str | Path, modalities: str, device_id: str) -> dict[str, Any]:
     """Load a device's stage-1 models (built from their saved configs)."""
     from disac_ros.core.models.checkpoint import load_checkpoint

@@ -89,7 +89,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
                  decoder_kind: str = 'mlp', val: DisacDataset | None = None,
                  resume: bool = False, show_progress: bool = True,
                  steps: int | None = None, own_folder: bool = False,
-                 torch_device: str = 'cpu') -> dict[str, Any]:
+                 torch_device: str = 'cpu', fresh_optimizer: bool = False) -> dict[str, Any]:
     """
     Train the aggregator of a variant on decoded features (see module doc).
 
@@ -99,6 +99,9 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
         other than the variant's own) instead of the variant's folder.
     :param torch_device: where the decoder and the aggregator run ('cpu', 'cuda'); the channel,
         the labels and the assignment stay on the CPU, so a run draws the same batches anywhere.
+    :param fresh_optimizer: with ``resume``, take the weights and step count from the saved
+        checkpoint but start a new optimizer (for a checkpoint that keeps no optimizer state,
+        e.g. an exported model, or after its inputs changed, e.g. a refit decoder).
     :return: summary (steps, wall time, loss at start/end, validation metrics).
     """
     common.set_threads(recipe.threads)
@@ -125,7 +128,8 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     opt = common.make_optimizer([{'params': params, 'lr': r2.lr}], r2.weight_decay)
     start = 0
     if resume and (ckpt_dir / 'config.json').is_file():
-        start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, opt)
+        start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model},
+                                                    None if fresh_optimizer else opt)
     log = LossLog(folder, resume_from=start if resume else None)
     criterion = build_criterion(recipe.loss, recipe.tram.head).to(dev)
     channel = WirelessChannel(recipe.channel)
@@ -193,6 +197,7 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     n10 = max(1, len(rows) // 10)
     summary = {'modalities': modalities, 'aggregator': aggregator, 'decoder': decoder_kind,
                'steps': total, 'resumed_from': start, 'torch_device': common.device_name(dev),
+               'fresh_optimizer': bool(fresh_optimizer and start > 0),
                'wall_s': round(time.perf_counter() - t0, 2),
                'loss_first': float(np.mean([r['loss'] for r in rows[:n10]])) if rows else None,
                'loss_last': float(np.mean([r['loss'] for r in rows[-n10:]])) if rows else None,
