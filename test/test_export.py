@@ -73,6 +73,13 @@ def test_export_of_a_model_shipping_per_device_decoders(tmp_path):
     assert sorted(p.name for p in (dst / 'decoders' / 'both').iterdir()) == ['device']
     agg = AggregatorPipeline(dst)
     assert agg.decoder_kind == 'device' and list(agg.decoder.config.devices) == ['dev0', 'dev1']
+    assert 'refit' not in (dst / 'MODEL_CARD.md').read_text()
+    # A refit of the per-device decoders is named in the card.
+    model = json.loads((src / 'model.json').read_text())
+    model['decoders'] = {'both/device': {'kind': 'device', 'refit_steps': 6000}}
+    (src / 'model.json').write_text(json.dumps(model))
+    export_model(src, dst)
+    assert 'then refit 6000 steps to its device' in (dst / 'MODEL_CARD.md').read_text()
 
 
 def test_export_fails_clearly_and_never_clobbers(trained_like, tmp_path):

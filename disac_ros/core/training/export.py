@@ -124,6 +124,8 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
                calibration: Mapping[str, Any] | None = None) -> str:
     """Markdown model card of an exported folder (``calibration``: the TRAM's calibration.json)."""
     timing = model.get('timing_s') or {}
+    decoders = model.get('decoders') or {}
+    refit = int((decoders.get('both/device') or {}).get('refit_steps') or 0)
     lines = [
         f'# DiSAC model `{model.get("recipe", recipe.get("name", "?"))}`', '',
         f'Exported {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")} '
@@ -133,7 +135,9 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
         'each, `stage1/both/<device>/checkpoint`)',
         f'* shipped decoder: `{model.get("shipped_decoder", "mlp")}` '
         f'(`decoders/both/{model.get("shipped_decoder", "mlp")}/checkpoint`'
-        + ('; each device\'s stage-1 decoder, trained with its encoder on its own data)'
+        + ('; each device\'s stage-1 decoder, trained with its encoder on its own data'
+           + (f', then refit {refit} steps to its device\'s current features, encoder fixed)'
+              if refit else ')')
            if model.get('shipped_decoder') == 'device' else ')'),
         '* aggregator: TRAM (`stage2/both_tram/checkpoint`)'
         + (f'; class weights {[round(w, 3) for w in calibration["class_weights"]]} and '
