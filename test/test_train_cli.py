@@ -140,6 +140,24 @@ def test_train_all_then_eval_writes_the_stable_metrics_interface(
     rows2 = (model / 'stage2/both_tram/train_log.csv').read_text().splitlines()
     assert len(rows2) == 1 + 3
 
+    # The receiver-side round: rewrite a device's exports, refit the per-device decoders, then
+    # fine-tune TRAM with a fresh optimizer (as on a copy of an exported model).
+    assert train_cli.main(['stage1', '--device', 'dev1', '--data', str(splits / 'train'),
+                           '--val', str(splits / 'val'), '--out', str(model),
+                           '--export-only']) == 0
+    assert 'exported' in capsys.readouterr().out
+    assert train_cli.main(['decoder', '--kind', 'device', '--refit-steps', '4', '--out',
+                           str(model), '--no-progress']) == 0
+    assert 'refit 4 steps per device' in capsys.readouterr().out
+    info = json.loads((model / 'model.json').read_text())
+    assert info['decoders']['both/device']['refit_steps'] == 4
+    assert train_cli.main(['stage2', '--data', str(splits / 'train'), '--out', str(model),
+                           '--resume', '--fresh-optimizer', '--steps', '5',
+                           '--no-progress']) == 0
+    info = json.loads((model / 'model.json').read_text())
+    assert info['stage2']['both_tram']['resumed_from'] == 3
+    assert info['stage2']['both_tram']['fresh_optimizer'] is True
+
 
 def test_train_cli_rejects_bad_input_with_clear_messages(
         splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

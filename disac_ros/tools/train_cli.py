@@ -225,17 +225,15 @@ def cmd_decoder(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
         raise UsageError(f'--refit-steps: must be >= 0, got {refit}')
     if refit and args.kind != 'device':
         raise UsageError(f"--refit-steps: only for --kind device, not {args.kind!r}")
-    if refit and (decoder_dir(args.out, args.modalities, 'device') / 'checkpoint').is_dir():
-        s = refit_device_decoders(args.out, recipe, args.modalities, refit,
-                                  show_progress=not args.no_progress)
-    else:
+    # A refit starts from the collected decoders (an earlier refit included); collect first.
+    if not (refit and (decoder_dir(args.out, args.modalities, 'device') / 'checkpoint').is_dir()):
         s = train_decoder(args.out, recipe, args.kind, args.modalities, resume=args.resume,
                           show_progress=not args.no_progress, steps=args.steps,
                           max_seconds=args.max_seconds, batch_size=args.batch_size,
                           torch_device=args.torch_device, devices=_model_devices(Path(args.out)))
-        if refit:
-            s = refit_device_decoders(args.out, recipe, args.modalities, refit,
-                                      show_progress=not args.no_progress)
+    if refit:
+        s = refit_device_decoders(args.out, recipe, args.modalities, refit,
+                                  show_progress=not args.no_progress)
     fields: dict[str, Any] = {'decoders': {f'{args.modalities}/{args.kind}': _brief(s)}}
     if args.modalities == 'both':
         shipped, scores = choose_shipped(args.out, rule=recipe.decoder.shipped)
