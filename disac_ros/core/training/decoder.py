@@ -125,6 +125,31 @@ def validate_decoder(decoder: torch.nn.Module, symbols: np.ndarray, features: np
     return out
 
 
+def _channel_nmse(decoder: torch.nn.Module, symbols: torch.Tensor, features: torch.Tensor,
+                  batch: int, channel: WirelessChannel, recipe: Recipe, rng: np.random.Generator,
+                  dev: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """One training batch: ``batch`` packets drawn from ``symbols``, sent over fresh channel
+    conditions from the recipe's range, decoded; the NMSE against their features."""
+    idx = torch.as_tensor(rng.integers(0, len(symbols), size=batch))
+    cond = common.draw_conditions(rng, batch, recipe.train_channel)
+    y = common.send(channel, symbols[idx], cond, common.torch_gen(rng))
+    fhat = decoder(y.to(dev), cond.snr_db.to(dev), cond.distance_m.to(dev)).float()
+    return common.nmse(fhat, features[idx].to(dev))
+
+
+def _device_val_packets(val: dict[str, dict], ids: Sequence[str], recipe: Recipe
+                        ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The per-device decoders' validation packets: ``decoder.val_packets`` drawn from every
+    device's export (in model slot order) -> (symbols, features, model slot of each)."""
+    parts = [(val[d], i) for i, d in enumerate(ids) if d in val]
+    vx = np.concatenate([e['symbols'] for e, _ in parts])
+    vf = np.concatenate([e['feature'] for e, _ in parts])
+    vs = np.concatenate([np.full(len(e['symbols']), i) for e, i in parts])
+    vsel = np.sort(np.random.default_rng(recipe.seed).permutation(len(vx))
+                   [:recipe.decoder.val_packets])
+    return vx[vsel], vf[vsel], torch.as_tensor(vs[vsel], dtype=torch.long)
+
+
 def _stack(exports: dict[str, dict]) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate([e['symbols'] for e in exports.values()]),
             np.concatenate([e['feature'] for e in exports.values()]))
@@ -199,11 +224,7 @@ def train_decoder(out: str | Path, recipe: Recipe, kind: str = 'mlp',
             break
         dec.train()
         rng = common.step_rng(recipe.seed, 'decoder', step, KINDS.index(kind))
-        idx = torch.as_tensor(rng.integers(0, len(xs), size=batch))
-        cond = common.draw_conditions(rng, batch, recipe.train_channel)
-        y = common.send(channel, x_all[idx], cond, common.torch_gen(rng))
-        fhat = dec(y.to(dev), cond.snr_db.to(dev), cond.distance_m.to(dev)).float()
-        loss = common.nmse(fhat, f_all[idx].to(dev))
+        loss = _channel_nmse(dec, x_all, f_all, batch, channel, recipe, rng, dev)
         common.set_lr(opt, step, rd.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -262,14 +283,8 @@ def collect_device_decoders(out: str | Path, recipe: Recipe, modalities: str = '
                                         'proxy_decoder (an exported model folder keeps none)')
         decs.append(models['proxy_decoder'])
     dec = DeviceDecoders.from_decoders(ids, decs)
-    rng = np.random.default_rng(recipe.seed)
-    parts = [(val[d], i) for i, d in enumerate(ids) if d in val]
-    vx = np.concatenate([e['symbols'] for e, _ in parts])
-    vf = np.concatenate([e['feature'] for e, _ in parts])
-    vs = np.concatenate([np.full(len(e['symbols']), i) for e, i in parts])
-    vsel = np.sort(rng.permutation(len(vx))[:recipe.decoder.val_packets])
-    val_nmse = validate_decoder(dec, vx[vsel], vf[vsel], recipe, recipe.eval.seed,
-                                torch.as_tensor(vs[vsel], dtype=torch.long))
+    vx, vf, vs = _device_val_packets(val, ids, recipe)
+    val_nmse = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed, vs)
     folder = decoder_dir(out, modalities, 'device')
     summary = {'kind': 'device', 'modalities': modalities, 'steps_done': 0, 'resumed_from': 0,
                'wall_s': round(time.perf_counter() - t0, 2), 'batch_size': 0,
@@ -319,13 +334,7 @@ def refit_device_decoders(out: str | Path, recipe: Recipe, modalities: str = 'bo
         raise ConfigError('stage1', f'{Path(out) / "stage1" / modalities}: no training export '
                                     f'for {missing}; run `disac-train stage1` for them first')
     val = load_exports(out, modalities, 'val') or train
-    parts = [(val[d], i) for i, d in enumerate(ids) if d in val]
-    vsel = np.sort(np.random.default_rng(recipe.seed).permutation(
-        sum(len(e['symbols']) for e, _ in parts))[:recipe.decoder.val_packets])
-    vx = np.concatenate([e['symbols'] for e, _ in parts])[vsel]
-    vf = np.concatenate([e['feature'] for e, _ in parts])[vsel]
-    vs = torch.as_tensor(np.concatenate([np.full(len(e['symbols']), i) for e, i in parts])[vsel],
-                         dtype=torch.long)
+    vx, vf, vs = _device_val_packets(val, ids, recipe)
     before = validate_decoder(dec, vx, vf, recipe, recipe.eval.seed, vs)
     rd = recipe.decoder
     channel = WirelessChannel(recipe.channel)
@@ -340,10 +349,7 @@ def refit_device_decoders(out: str | Path, recipe: Recipe, modalities: str = 'bo
         for step in range(steps):
             sub.train()
             rng = common.step_rng(recipe.seed, 'decoder_refit', step, i)
-            idx = torch.as_tensor(rng.integers(0, len(x_all), size=rd.batch_size))
-            cond = common.draw_conditions(rng, rd.batch_size, recipe.train_channel)
-            y = common.send(channel, x_all[idx], cond, common.torch_gen(rng))
-            loss = common.nmse(sub(y, cond.snr_db, cond.distance_m), f_all[idx])
+            loss = _channel_nmse(sub, x_all, f_all, rd.batch_size, channel, recipe, rng)
             common.set_lr(opt, step, rd.warmup_steps, steps, 'cosine')
             opt.zero_grad(set_to_none=True)
             loss.backward()
