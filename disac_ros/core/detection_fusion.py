@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -72,26 +73,27 @@ class FusionConfig:
         return cls(method, fusion_radius_m if method == 'weighted' else nms_radius_m, min_score)
 
 
+def _checked_floats(name: str, values: object, ok: Callable[[float], bool],
+                    rule: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(name, f'expected a list of numbers, got {values!r}') from None
+    if not all(ok(v) for v in out):
+        raise ConfigError(name, f'{rule}, got {list(out)}')
+    return out
+
+
 def check_class_weights(weights: object) -> tuple[float, ...]:
     """``weights`` as a tuple of finite positive floats; ConfigError naming what is wrong."""
-    try:
-        out = tuple(float(w) for w in weights)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ConfigError('class_weights', f'expected a list of numbers, got {weights!r}') from None
-    if not all(math.isfinite(w) and w > 0 for w in out):
-        raise ConfigError('class_weights', f'every weight must be finite and > 0, got {list(out)}')
-    return out
+    return _checked_floats('class_weights', weights, lambda w: math.isfinite(w) and w > 0,
+                           'every weight must be finite and > 0')
 
 
 def check_class_thresholds(thresholds: object) -> tuple[float, ...]:
     """``thresholds`` as a tuple of floats in (0, 1]; ConfigError naming what is wrong."""
-    try:
-        out = tuple(float(t) for t in thresholds)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ConfigError('class_thresholds', f'expected a list of numbers, got {thresholds!r}') from None
-    if not all(0 < t <= 1 for t in out):
-        raise ConfigError('class_thresholds', f'every threshold must be in (0, 1], got {list(out)}')
-    return out
+    return _checked_floats('class_thresholds', thresholds, lambda t: 0 < t <= 1,
+                           'every threshold must be in (0, 1]')
 
 
 @dataclass(frozen=True)
