@@ -193,7 +193,7 @@ def test_rendering_is_deterministic_after_reset(genesis_world: World) -> None:
 def _camera_poses(world: World, frame: WorldFrame) -> dict[str, CameraPose]:
     cams = {}
     for obs in frame.devices:
-        m = world.scenario.mounts[obs.kind].camera
+        m = world.scenario.mount_of(obs.device_id).camera
         cams[obs.device_id] = CameraPose.from_mount(np.array(obs.pose.position), obs.pose.yaw,
                                                     m.forward_m, m.height_m, m.pitch_deg)
     return cams

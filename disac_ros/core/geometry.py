@@ -43,6 +43,15 @@ def optical_rotation(pitch: float) -> np.ndarray:
     return np.stack([x_right, y_down, z_fwd], axis=1)
 
 
+def mount_rotation(pitch_deg: float, yaw_deg: float = 0.0) -> np.ndarray:
+    """Optical frame -> base_link (3, 3) of a camera pitched down ``pitch_deg`` and turned
+    ``yaw_deg`` counter-clockwise about the body z axis."""
+    r = optical_rotation(math.radians(pitch_deg))
+    if yaw_deg == 0.0:
+        return r            # exactly the unyawed matrix (no identity product round-off)
+    return yaw_matrix(math.radians(yaw_deg)) @ r
+
+
 def rotation_to_quat_xyzw(r: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w) of a rotation matrix (Shepperd's method, w >= 0)."""
     m = np.asarray(r, dtype=np.float64)
@@ -79,12 +88,13 @@ class CameraPose:
 
     @classmethod
     def from_mount(cls, base_position: np.ndarray, yaw: float, forward_m: float,
-                   height_m: float, pitch_deg: float) -> 'CameraPose':
-        """Camera pose of a device at ``base_position``/``yaw`` with the given mount."""
+                   height_m: float, pitch_deg: float, yaw_deg: float = 0.0) -> 'CameraPose':
+        """Camera pose of a device at ``base_position``/``yaw`` with the given mount
+        (``yaw_deg``: the camera's own turn about the body z axis, see ``mount_rotation``)."""
         r_wb = yaw_matrix(yaw)
         t = np.asarray(base_position, dtype=np.float64) + r_wb @ np.array([forward_m, 0.0,
                                                                              height_m])
-        return cls(r_wb @ optical_rotation(math.radians(pitch_deg)), t)
+        return cls(r_wb @ mount_rotation(pitch_deg, yaw_deg), t)
 
     @property
     def forward(self) -> np.ndarray:

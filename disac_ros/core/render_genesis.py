@@ -121,8 +121,9 @@ class GenesisRenderer:
             self._parts.append(entries)
         for dev in scenario.devices:
             if dev.kind == 'rsu' and dev.position is not None:
-                self._add_rsu(dev.position, math.radians(dev.yaw_deg),
-                              scenario.mounts['rsu'].camera.height_m)
+                cam_mount = scenario.mount_of(dev).camera
+                self._add_rsu(dev.position, math.radians(dev.yaw_deg + cam_mount.yaw_deg),
+                              cam_mount.height_m)
         self.cameras = {
             dev.id: self.scene.add_camera(res=(cam.width, cam.height), pos=(0.0, 0.0, 10.0),
                                           lookat=(1.0, 0.0, 10.0), fov=cam.fov_deg,

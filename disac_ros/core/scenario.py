@@ -16,12 +16,16 @@ Top-level layout (see ``config/scenarios/default.yaml`` for a commented example)
       paths: {name: {kind: lane|sidewalk|crossing|bike, points: [[x, y], ...],
                      closed?: bool, corner_radius?: m}}
     camera: {width, height, fov_deg (vertical), near_m, far_m, max_range_m, min_object_px}
-    mounts: {vehicle|rsu: {camera: {forward_m, height_m, pitch_deg}, radar: {forward_m, height_m}}}
+    mounts: {vehicle|rsu: {camera: {forward_m, height_m, pitch_deg, yaw_deg?},
+                           radar: {forward_m, height_m}}}
     radar: {...}                           # RadarConfig.from_dict (rf_config.py)
     classes: {car|truck|pedestrian|cyclist: {speed_mps: [min, max], paths: [kind, ...],
                                             size?: [l, w, h], speed_wobble?: 0..1}}
-    devices: [{id, kind: vehicle, path, speed_mps, start_m?} | {id, kind: rsu, position: [x, y],
-               yaw_deg}]
+    devices: [{id, kind: vehicle, path, speed_mps, start_m?, mount?} |
+              {id, kind: rsu, position: [x, y], yaw_deg, mount?}]
+      # mount?: {camera?: {forward_m?, height_m?, pitch_deg?, yaw_deg?},
+      #          radar?: {forward_m?, height_m?}}  -- this device's own sensor placement; every
+      #          missing field falls back to mounts.<kind> (Scenario.mount_of resolves it)
     objects: {mix?: {class: count}, list?: [{class, path, speed_mps, start_m?}]}
     lighting?: {ambient: [r, g, b], background: [r, g, b], shadows: bool,
                 sun_dir: [x, y, z], sun_intensity: float}
@@ -134,11 +138,16 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class CameraMount:
-    """Camera placement in a device's base_link (x forward, z up); pitch > 0 looks down."""
+    """Camera placement in a device's base_link (x forward, z up); pitch > 0 looks down.
+
+    ``yaw_deg`` turns the camera about the body z axis (counter-clockwise, 0 = looking along
+    body x); the camera stays ``forward_m`` ahead of the base along body x either way.
+    """
 
     forward_m: float
     height_m: float
     pitch_deg: float
+    yaw_deg: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,9 @@ class DeviceSpec:
     start_m: float = 0.0
     position: Vec2 | None = None
     yaw_deg: float = 0.0
+    # This device's own sensor placement (fully resolved against mounts.<kind>); None = the
+    # kind's shared mount. Read it through Scenario.mount_of.
+    mount: MountSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +248,18 @@ class Scenario:
         """Step length in seconds."""
         return 1.0 / self.rate_hz
 
+    def device(self, device_id: str) -> DeviceSpec:
+        """The spec of one device (KeyError naming the known ids when unknown)."""
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(f'unknown device {device_id!r}; known: {self.device_ids}')
+
+    def mount_of(self, device: str | DeviceSpec) -> MountSpec:
+        """Sensor mount of a device (id or spec): its own ``mount`` or its kind's default."""
+        d = self.device(device) if isinstance(device, str) else device
+        return d.mount if d.mount is not None else self.mounts[d.kind]
+
     def to_dict(self) -> dict[str, Any]:
         """Return the normalised scenario as plain YAML/JSON types (parse_scenario round-trips)."""
         w = self.world
@@ -253,11 +277,7 @@ class Scenario:
                           for n, p in w.paths.items()},
             },
             'camera': {k: getattr(self.camera, k) for k in CameraSpec.__dataclass_fields__},
-            'mounts': {k: {'camera': {'forward_m': m.camera.forward_m,
-                                      'height_m': m.camera.height_m,
-                                      'pitch_deg': m.camera.pitch_deg},
-                           'radar': {'forward_m': m.radar.forward_m,
-                                     'height_m': m.radar.height_m}}
+            'mounts': {k: _mount_to_dict(m, with_yaw=m.camera.yaw_deg != 0.0)
                        for k, m in self.mounts.items()},
             'radar': self.radar.to_dict(),
             'classes': {n: {'speed_mps': list(c.speed_mps), 'paths': list(c.path_kinds),
@@ -276,12 +296,27 @@ class Scenario:
         }
 
 
+def _mount_to_dict(m: MountSpec, with_yaw: bool) -> dict[str, Any]:
+    # A kind mount omits a zero camera yaw, so scenarios written before yaw existed normalise to
+    # exactly the mapping they always did (manifests are compared byte for byte).
+    cam: dict[str, Any] = {'forward_m': m.camera.forward_m, 'height_m': m.camera.height_m,
+                           'pitch_deg': m.camera.pitch_deg}
+    if with_yaw:
+        cam['yaw_deg'] = m.camera.yaw_deg
+    return {'camera': cam, 'radar': {'forward_m': m.radar.forward_m,
+                                     'height_m': m.radar.height_m}}
+
+
 def _device_to_dict(d: DeviceSpec) -> dict[str, Any]:
     if d.kind == 'vehicle':
-        return {'id': d.id, 'kind': d.kind, 'path': d.path, 'speed_mps': d.speed_mps,
-                'start_m': d.start_m}
-    assert d.position is not None
-    return {'id': d.id, 'kind': d.kind, 'position': list(d.position), 'yaw_deg': d.yaw_deg}
+        out = {'id': d.id, 'kind': d.kind, 'path': d.path, 'speed_mps': d.speed_mps,
+               'start_m': d.start_m}
+    else:
+        assert d.position is not None
+        out = {'id': d.id, 'kind': d.kind, 'position': list(d.position), 'yaw_deg': d.yaw_deg}
+    if d.mount is not None:       # omitted when None: older scenarios' mappings stay unchanged
+        out['mount'] = _mount_to_dict(d.mount, with_yaw=True)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,23 +494,40 @@ def _parse_camera(c: _Ctx, raw: Any) -> CameraSpec:
     return cam
 
 
+_CAMERA_MOUNT_KEYS = ('forward_m', 'height_m', 'pitch_deg', 'yaw_deg')
+_RADAR_MOUNT_KEYS = ('forward_m', 'height_m')
+
+
+def _parse_mount(c: _Ctx, raw: Any, f: str, base: MountSpec | None) -> MountSpec:
+    """One mount at field ``f``; with ``base`` every field is optional and falls back to it."""
+    parts = ('camera', 'radar')
+    km = c.mapping(raw, f, known=parts, required=() if base else parts)
+    cm = c.mapping(km.get('camera', {}), f'{f}.camera', known=_CAMERA_MOUNT_KEYS,
+                   required=() if base else _CAMERA_MOUNT_KEYS[:3])
+    rm = c.mapping(km.get('radar', {}), f'{f}.radar', known=_RADAR_MOUNT_KEYS,
+                   required=() if base else _RADAR_MOUNT_KEYS)
+
+    def val(m: Mapping[str, Any], part: str, key: str) -> Any:
+        if key in m or base is None:
+            return m.get(key, 0.0)            # yaw_deg is the only optional key without a base
+        return getattr(getattr(base, part), key)
+
+    return MountSpec(
+        CameraMount(c.number(val(cm, 'camera', 'forward_m'), f'{f}.camera.forward_m'),
+                    c.number(val(cm, 'camera', 'height_m'), f'{f}.camera.height_m',
+                             positive=True),
+                    c.number(val(cm, 'camera', 'pitch_deg'), f'{f}.camera.pitch_deg',
+                             lo=-80.0, hi=80.0),
+                    c.number(val(cm, 'camera', 'yaw_deg'), f'{f}.camera.yaw_deg',
+                             lo=-180.0, hi=180.0)),
+        RadarMount(c.number(val(rm, 'radar', 'forward_m'), f'{f}.radar.forward_m'),
+                   c.number(val(rm, 'radar', 'height_m'), f'{f}.radar.height_m',
+                            positive=True)))
+
+
 def _parse_mounts(c: _Ctx, raw: Any) -> dict[str, MountSpec]:
     m = c.mapping(raw, 'mounts', known=DEVICE_KINDS, required=DEVICE_KINDS)
-    out = {}
-    for kind in DEVICE_KINDS:
-        f = f'mounts.{kind}'
-        km = c.mapping(m[kind], f, known=('camera', 'radar'), required=('camera', 'radar'))
-        cm = c.mapping(km['camera'], f'{f}.camera', known=('forward_m', 'height_m', 'pitch_deg'),
-                       required=('forward_m', 'height_m', 'pitch_deg'))
-        rm = c.mapping(km['radar'], f'{f}.radar', known=('forward_m', 'height_m'),
-                       required=('forward_m', 'height_m'))
-        out[kind] = MountSpec(
-            CameraMount(c.number(cm['forward_m'], f'{f}.camera.forward_m'),
-                        c.number(cm['height_m'], f'{f}.camera.height_m', positive=True),
-                        c.number(cm['pitch_deg'], f'{f}.camera.pitch_deg', lo=-80.0, hi=80.0)),
-            RadarMount(c.number(rm['forward_m'], f'{f}.radar.forward_m'),
-                       c.number(rm['height_m'], f'{f}.radar.height_m', positive=True)))
-    return out
+    return {kind: _parse_mount(c, m[kind], f'mounts.{kind}', None) for kind in DEVICE_KINDS}
 
 
 def _parse_classes(c: _Ctx, raw: Any) -> dict[str, ClassSpec]:
@@ -502,7 +554,8 @@ def _parse_classes(c: _Ctx, raw: Any) -> dict[str, ClassSpec]:
     return out
 
 
-def _parse_devices(c: _Ctx, raw: Any, paths: Mapping[str, PathSpec]) -> tuple[DeviceSpec, ...]:
+def _parse_devices(c: _Ctx, raw: Any, paths: Mapping[str, PathSpec],
+                   mounts: Mapping[str, MountSpec]) -> tuple[DeviceSpec, ...]:
     seq = c.seq(raw, 'devices')
     if not seq:
         raise c.err('devices', 'at least one device is required')
@@ -519,8 +572,10 @@ def _parse_devices(c: _Ctx, raw: Any, paths: Mapping[str, PathSpec]) -> tuple[De
             raise c.err(f'{f}.id', f'duplicate device id {dev_id!r}')
         ids.add(dev_id)
         kind = c.choice(dm['kind'], f'{f}.kind', DEVICE_KINDS, 'device kind')
+        mount = (_parse_mount(c, dm['mount'], f'{f}.mount', mounts[kind]) if 'mount' in dm
+                 else None)
         if kind == 'vehicle':
-            c.mapping(dm, f, known=('id', 'kind', 'path', 'speed_mps', 'start_m'),
+            c.mapping(dm, f, known=('id', 'kind', 'path', 'speed_mps', 'start_m', 'mount'),
                       required=('path', 'speed_mps'))
             path = c.string(dm['path'], f'{f}.path')
             if path not in paths:
@@ -529,13 +584,15 @@ def _parse_devices(c: _Ctx, raw: Any, paths: Mapping[str, PathSpec]) -> tuple[De
                                   speed_mps=c.number(dm['speed_mps'], f'{f}.speed_mps',
                                                      positive=True),
                                   start_m=c.number(dm.get('start_m', 0.0), f'{f}.start_m',
-                                                   non_negative=True)))
+                                                   non_negative=True),
+                                  mount=mount))
         else:
-            c.mapping(dm, f, known=('id', 'kind', 'position', 'yaw_deg'),
+            c.mapping(dm, f, known=('id', 'kind', 'position', 'yaw_deg', 'mount'),
                       required=('position', 'yaw_deg'))
             pos = c.vec(dm['position'], f'{f}.position', 2)
             out.append(DeviceSpec(dev_id, kind, position=(pos[0], pos[1]),
-                                  yaw_deg=c.number(dm['yaw_deg'], f'{f}.yaw_deg')))
+                                  yaw_deg=c.number(dm['yaw_deg'], f'{f}.yaw_deg'),
+                                  mount=mount))
     return tuple(out)
 
 
@@ -619,7 +676,7 @@ def parse_scenario(data: Any, num_devices: int | None = None,
     except ScenarioError as e:
         raise ScenarioError(e.field, e.problem, source) from None
     classes = _parse_classes(c, m['classes'])
-    devices = _parse_devices(c, m['devices'], world.paths)
+    devices = _parse_devices(c, m['devices'], world.paths, mounts)
     if num_devices is not None:
         if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
                 1 <= num_devices <= len(devices)):

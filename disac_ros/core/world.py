@@ -18,6 +18,9 @@ its height) is in front of the camera, projects inside the image, lies within
 ``camera.max_range_m``, appears at least ``camera.min_object_px`` tall, and the line of sight to
 that point crosses no building and no other object's box.
 
+Each device's camera and radar sit where ``Scenario.mount_of(device)`` says: the device's own
+``mount`` when the scenario gives one, otherwise its kind's entry under ``mounts``.
+
 Vehicle devices are cars too: they appear in the ground truth as class ``car`` (other devices
 see them), drawn white; a device never labels its own body (both flags are False).
 
@@ -37,7 +40,7 @@ from disac_ros.core import rf
 from disac_ros.core.geometry import CameraPose
 from disac_ros.core.geometry import count_occluders
 from disac_ros.core.geometry import intrinsics
-from disac_ros.core.geometry import optical_rotation
+from disac_ros.core.geometry import mount_rotation
 from disac_ros.core.geometry import project
 from disac_ros.core.geometry import rotation_to_quat_xyzw
 from disac_ros.core.geometry import segments_hit_boxes
@@ -140,13 +143,13 @@ class World:
         ``camera_optical`` is the REP 103 optical frame (z forward, x right, y down); ``radar``
         has x along the boresight, y left, z up.
         """
-        kind = self._check_device(device_id)
-        mount = self.scenario.mounts[kind]
+        self._check_device(device_id)
+        mount = self.scenario.mount_of(device_id)
         cam = mount.camera
         return {
             'camera_optical': (np.array([cam.forward_m, 0.0, cam.height_m]),
-                               rotation_to_quat_xyzw(optical_rotation(
-                                   math.radians(cam.pitch_deg)))),
+                               rotation_to_quat_xyzw(mount_rotation(cam.pitch_deg,
+                                                                    cam.yaw_deg))),
             'radar': (np.array([mount.radar.forward_m, 0.0, mount.radar.height_m]),
                       np.array([0.0, 0.0, 0.0, 1.0])),
         }
@@ -177,10 +180,11 @@ class World:
         for dev in sc.devices:
             base, dyaw, dvel = self.traffic.device_pose(dev.id)
             poses[dev.id] = (base, dyaw, dvel)
-            mount = sc.mounts[dev.kind]
+            mount = sc.mount_of(dev)
             cam_poses[dev.id] = CameraPose.from_mount(base, dyaw, mount.camera.forward_m,
                                                       mount.camera.height_m,
-                                                      mount.camera.pitch_deg)
+                                                      mount.camera.pitch_deg,
+                                                      mount.camera.yaw_deg)
             rpos = base + yaw_matrix(dyaw) @ np.array([mount.radar.forward_m, 0.0,
                                                        mount.radar.height_m])
             radar_pos[dev.id] = rpos

@@ -6,6 +6,9 @@ Examples::
         --out data/ds0
     disac-dataset splits --scenario config/scenarios/default.yaml --out data/splits \\
         --train-seeds 0 1 --val-seeds 100 --test-seeds 200 --frames-per-seed 100
+    disac-dataset family --family config/families/urban.yaml --out data/urban \\
+        --seed-range 0 100 --frames-per-seed 30 --frame-stride 8
+    disac-dataset family-show --family config/families/urban.yaml --seed 7
     disac-dataset info data/ds0
     disac-dataset verify data/ds0
 
@@ -28,6 +31,7 @@ PROG = 'disac-dataset'
 # Files a previous run may have left; --overwrite removes exactly these (never anything else).
 _OWN_FILES = ('manifest.json', 'DATASET_CARD.md', 'timing.json', 'splits.json')
 _OWN_GLOB = 'shard_*.npz*'
+_FAMILY_OWN_FILES = ('family.json', 'family.json.tmp', 'timing.json', 'timing.json.tmp')
 SPLITS = ('train', 'val', 'test')
 
 
@@ -120,10 +124,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--test-seeds', type=_seed, nargs='+', default=[200], metavar='S',
                    help='seeds of the test split (default: 200)')
 
-    i = sub.add_parser('info', help='print a summary of a dataset folder')
+    f = sub.add_parser('family', help='write a procedural scene-family dataset (one scene '
+                                      'per seed)',
+                       description='Generate one concrete scenario per seed from a family YAML '
+                                   '(config/families/*.yaml), simulate it and write '
+                                   'OUT/scene_<seed>/ (a dataset folder plus scenario.yaml) '
+                                   'and OUT/family.json indexing the scenes. Each scene builds '
+                                   'its own world. Prints the throughput at the end.')
+    f.add_argument('--family', required=True, metavar='FILE',
+                   help='family YAML (e.g. config/families/urban.yaml)')
+    f.add_argument('--out', required=True, metavar='DIR', help='output folder')
+    seeds = f.add_mutually_exclusive_group(required=True)
+    seeds.add_argument('--seeds', type=_seed, nargs='+', metavar='S',
+                       help='scene seeds (each seed is one street layout and its traffic)')
+    seeds.add_argument('--seed-range', type=_seed, nargs=2, metavar=('START', 'COUNT'),
+                       help='COUNT consecutive seeds from START')
+    f.add_argument('--frames-per-seed', type=_positive_int, required=True, metavar='N',
+                   help='frames simulated per scene')
+    f.add_argument('--frame-stride', type=_positive_int, default=1, metavar='N',
+                   help='keep every N-th simulation step (default: 1)')
+    f.add_argument('--topologies', nargs='+', default=None, metavar='T',
+                   help='draw each seed\'s topology only among these (re-weighted; a topology '
+                        'of weight 0, e.g. a held-out one, may be named). Known: straight, '
+                        't_junction, four_way, offset, skewed')
+    f.add_argument('--split', default='train', metavar='NAME',
+                   help='split name recorded in family.json and each manifest (default: train)')
+    f.add_argument('--shard-size', type=_positive_int, default=50, metavar='N',
+                   help='frames per shard file (default: 50)')
+    f.add_argument('--renderer', choices=('genesis', 'none'), default='genesis',
+                   help="'genesis' renders camera images (default); 'none' writes black images")
+    f.add_argument('--overwrite', action='store_true',
+                   help='allow an existing non-empty output folder; removes only what a '
+                        'previous run wrote (family.json, timing.json, scene folders\' files)')
+    f.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+
+    fs = sub.add_parser('family-show', help='print the concrete scenario YAML of one seed',
+                        description='Print the scenario that a family makes of SEED (the same '
+                                    'YAML that `family` writes as scene_<seed>/scenario.yaml; '
+                                    'it loads as a --scenario for the other commands).')
+    fs.add_argument('--family', required=True, metavar='FILE', help='family YAML')
+    fs.add_argument('--seed', type=_seed, required=True, metavar='S', help='scene seed')
+    fs.add_argument('--topology', default=None, metavar='T',
+                    help='force this topology (default: drawn from the seed)')
+
+    i = sub.add_parser('info', help='print a summary of a dataset or family folder')
     i.add_argument('dir', metavar='DIR')
     v = sub.add_parser('verify',
-                       help='check shard checksums and frame counts against the manifest')
+                       help='check shard checksums and frame counts against the manifest '
+                            '(every scene of a family folder)')
     v.add_argument('dir', metavar='DIR')
     return p
 
@@ -143,6 +191,92 @@ def _prepare_out(out: Path, overwrite: bool, subdirs: Sequence[str] = ()) -> Non
             for f in d.glob(_OWN_GLOB):
                 f.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_family_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f'--out {out}: exists and is not a folder')
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f'--out {out}: folder exists and is not empty '
+                             '(use --overwrite to replace a previous dataset)')
+        for name in _FAMILY_OWN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for d in sorted(out.glob('scene_*')):
+            if not d.is_dir():
+                continue
+            for name in (*_OWN_FILES, 'scenario.yaml'):
+                (d / name).unlink(missing_ok=True)
+            for f in d.glob(_OWN_GLOB):
+                f.unlink()
+            if not any(d.iterdir()):
+                d.rmdir()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _run_family(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from disac_ros.core.family_dataset import generate_family_dataset
+    from disac_ros.core.scene_family import load_family
+
+    family = load_family(args.family)
+    topologies = family.check_topologies(args.topologies, '--topologies')
+    seeds = (list(args.seeds) if args.seeds is not None
+             else list(range(args.seed_range[0], args.seed_range[0] + args.seed_range[1])))
+    if not seeds:
+        raise UsageError('--seed-range: COUNT must be >= 1')
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f'--seeds: duplicate seeds in {seeds}')
+    out = Path(args.out)
+    _prepare_family_out(out, args.overwrite)
+    total = len(seeds) * args.frames_per_seed
+
+    from tqdm import tqdm
+    print(f'{PROG}: family {family.name!r}: {len(seeds)} scene(s) x {args.frames_per_seed} '
+          f'frames (renderer {args.renderer}); each scene builds its own world...',
+          file=sys.stderr)
+    with tqdm(total=total, unit='frame', desc=PROG, disable=args.no_progress,
+              file=sys.stderr) as bar:
+        def scene_done(rec: dict) -> None:
+            bar.set_postfix_str(f'{rec["name"]} built in {rec["world_build_s"]:.1f} s',
+                                refresh=False)
+        doc = generate_family_dataset(
+            family, out, seeds, args.frames_per_seed, frame_stride=args.frame_stride,
+            topologies=topologies, renderer=args.renderer, split=args.split,
+            on_frame=lambda: bar.update(1), shard_size=args.shard_size,
+            command=_command_line(argv), on_scene=scene_done)
+    t = doc['timing']
+    wall, build = t['wall_time_s'], t['world_build_s']
+    sim = max(wall - build, 1e-9)
+    topo: dict[str, int] = {}
+    for s in doc['scenes']:
+        topo[s['topology']] = topo.get(s['topology'], 0) + 1
+    builds = [r['world_build_s'] for r in t['scenes']]
+    # The first build also starts the renderer (Genesis import and init, kernel compile on a
+    # new machine); the later ones are what each extra scene costs.
+    later = (f', then {sum(builds[1:]) / len(builds[1:]):.2f} s/scene' if len(builds) > 1
+             else '')
+    print(f'wrote {t["frames"]} frames ({t["device_views"]} device-views) of {len(seeds)} '
+          f'scene(s) {topo} to {out} in {wall:.1f} s (world builds {build:.1f} s: first '
+          f'{builds[0]:.1f} s{later}): {t["frames"] / wall:.2f} frames/s, '
+          f'{t["device_views"] / wall:.1f} device-views/s '
+          f'({t["frames"] / sim:.2f} frames/s without the builds)')
+    return 0
+
+
+def _run_family_show(args: argparse.Namespace) -> int:
+    from disac_ros.core.family_dataset import dump_scenario_yaml
+    from disac_ros.core.scene_family import load_family
+
+    family = load_family(args.family)
+    topology = args.topology
+    if topology is not None:
+        family.check_topologies(topology, '--topology')
+    else:
+        topology = family.topology_of(args.seed)
+    d = family.scenario_dict(args.seed, topology)
+    print(f'# family {family.name!r} ({args.family}), seed {args.seed}, topology {topology}')
+    sys.stdout.write(dump_scenario_yaml(d))
+    return 0
 
 
 def _command_line(argv: Sequence[str]) -> str:
@@ -230,12 +364,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ('generate', 'splits'):
             return _run_generation(args, argv)
+        if args.command == 'family':
+            return _run_family(args, argv)
+        if args.command == 'family-show':
+            return _run_family_show(args)
         from disac_ros.core.dataset import summary
         from disac_ros.core.dataset import verify
+        from disac_ros.core.family_dataset import family_summary
+        from disac_ros.core.family_dataset import is_family_folder
+        from disac_ros.core.family_dataset import verify_family
+        family = is_family_folder(args.dir)
         if args.command == 'info':
-            print(summary(args.dir))
+            print(family_summary(args.dir) if family else summary(args.dir))
             return 0
-        problems = verify(args.dir)
+        problems = verify_family(args.dir) if family else verify(args.dir)
         for prob in problems:
             print(f'{PROG}: {args.dir}: {prob}', file=sys.stderr)
         if problems:
