@@ -1,7 +1,11 @@
 """Launch the disac_ros fleet described by config/fleet.yaml.
 
     ros2 launch disac_ros fleet.launch.py [config:=FILE] [num_devices:=K] [source:=sim|bag|external]
-        [bag:=DIR] [namespace:=NS] [use_sim_time:=true|false] [params_file:=FILE] [log_level:=info]
+        [bag:=DIR] [scenario:=FILE] [namespace:=NS] [use_sim_time:=true|false] [params_file:=FILE]
+        [log_level:=info]
+
+``scenario:=FILE`` runs that scenario with its own device ids (the world simulates it; num_devices
+defaults to its device count), like ``disac_fleet --scenario FILE``.
 
 The node list comes from disac_ros.core.fleet_config.build_fleet, the same function the fallback
 runner (disac_fleet) uses, so both start the same nodes with the same parameters. Only long-stable
@@ -16,9 +20,13 @@ from disac_ros.core.fleet_config import SOURCES, FleetOptions, build_fleet, find
 
 ARGUMENTS = (
     ('config', '', 'fleet YAML; empty = the installed config/fleet.yaml', None),
-    ('num_devices', '', 'number of devices K; empty = fleet.num_devices from the YAML', None),
+    ('num_devices', '', 'number of devices K; empty = the scenario\'s device count with scenario:=, '
+                        'else fleet.num_devices from the YAML', None),
     ('source', '', 'sensor data source; empty = fleet.source from the YAML', ('',) + SOURCES),
     ('bag', '', 'bag directory for source:=bag', None),
+    ('scenario', '', 'scenario YAML with its own device ids (the world simulates it, num_devices defaults '
+                     'to its device count); empty = config/scenarios/default.yaml and fleet.device_id_format',
+     None),
     ('namespace', '', 'namespace prefix for every node', None),
     ('use_sim_time', '', 'true/false sets use_sim_time on every node; empty leaves each node\'s own',
      ('', 'true', 'false')),
@@ -39,6 +47,7 @@ def fleet_options(context) -> FleetOptions:
         num_devices=int(num) if num else None,
         source=arg('source') or None,
         bag=arg('bag'),
+        scenario=arg('scenario'),
         namespace=arg('namespace'),
         use_sim_time=None if not sim_time else sim_time == 'true',
         params_files=(params_file,) if params_file else ())

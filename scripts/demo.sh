@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The demo: the whole fleet on the built-in simulator with the shipped model.
 #
-#   bash scripts/demo.sh [--duration S] [--num-devices K] [--model DIR] [--renderer genesis|none]
-#                        [-p NODE.NAME=VALUE ...] [--separate-device-processes] [--no-setup]
+#   bash scripts/demo.sh [--duration S] [--scenario FILE] [--num-devices K] [--model DIR]
+#                        [--renderer genesis|none] [-p NODE.NAME=VALUE ...]
+#                        [--separate-device-processes] [--no-setup]
+#
+# --scenario FILE simulates that scenario with its own device ids (default: the world's
+# config/scenarios/default.yaml, devices dev0..dev3); K defaults to the scenario's device count.
 #
 # 1. runs scripts/setup.sh (skipped with --no-setup; it is fast when nothing changed);
 # 2. starts the fleet (world + K device nodes + link + aggregator) with the fallback runner and
@@ -16,11 +20,13 @@
 # Open out/demo/bag/*.mcap in Foxglove: /aggregator/markers (3D panel, frame "world"),
 # /aggregator/tracks, /world/ground_truth, /<dev>/camera/image_raw.
 set -euo pipefail
+CALLER_DIR=$(pwd)
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 DURATION=60
-NUM_DEVICES=4
+NUM_DEVICES=                     # empty: the scenario's device count (4 for the default)
+SCENARIO=
 MODEL=${DISAC_MODEL_DIR:-$ROOT/models/default}
 RENDERER=genesis
 SETUP=1
@@ -30,15 +36,21 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --num-devices) NUM_DEVICES=$2; shift 2 ;;
+    --scenario) SCENARIO=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --renderer) RENDERER=$2; shift 2 ;;
     -p|--param) PARAMS+=(-p "$2"); shift 2 ;;   # forwarded to disac_fleet, e.g. aggregator.nms_radius_m=2
     --separate-device-processes) FLEET_OPTS=(); shift ;;
     --no-setup) SETUP=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+
+# A relative --scenario is the caller's (or else the repo's) path; the fleet gets it absolute.
+if [ -n "$SCENARIO" ] && [ "${SCENARIO#/}" = "$SCENARIO" ] && [ -f "$CALLER_DIR/$SCENARIO" ]; then
+  SCENARIO=$CALLER_DIR/$SCENARIO
+fi
 
 log() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
@@ -60,13 +72,20 @@ mkdir -p "$OUT"
 rm -rf "$OUT/bag"
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}
 
-DEVICES=()
-for ((i = 0; i < NUM_DEVICES; i++)); do DEVICES+=("dev$i"); done
+# The fleet's own device ids (the scenario's, or fleet.yaml's dev0..devK-1), for the recorder's
+# camera topics and the status line; a bad --scenario / --num-devices stops the demo here.
+DEVICE_OPTS=(--config config/fleet.yaml)
+if [ -n "$SCENARIO" ]; then DEVICE_OPTS+=(--scenario "$SCENARIO"); fi
+if [ -n "$NUM_DEVICES" ]; then DEVICE_OPTS+=(--num-devices "$NUM_DEVICES"); fi
+if ! DEVICE_LIST=$(python -m disac_ros.tools.fleet "${DEVICE_OPTS[@]}" --list-devices); then
+  exit 2
+fi
+mapfile -t DEVICES <<< "$DEVICE_LIST"
 TOPICS="/aggregator/tracks,/aggregator/markers,/aggregator/weights,/world/ground_truth,/tf,/tf_static"
 for d in "${DEVICES[@]}"; do TOPICS="$TOPICS,/$d/camera/image_raw"; done
 
-log "model $MODEL, $NUM_DEVICES devices, renderer $RENDERER, ROS_DOMAIN_ID=$ROS_DOMAIN_ID; logs in $OUT"
-python -m disac_ros.tools.fleet --config config/fleet.yaml --num-devices "$NUM_DEVICES" "${FLEET_OPTS[@]}" \
+log "model $MODEL, ${#DEVICES[@]} devices (${DEVICES[*]})${SCENARIO:+, scenario $SCENARIO}, renderer $RENDERER, ROS_DOMAIN_ID=$ROS_DOMAIN_ID; logs in $OUT"
+python -m disac_ros.tools.fleet "${DEVICE_OPTS[@]}" "${FLEET_OPTS[@]}" \
   -p "model_dir=$MODEL" -p "world.renderer=$RENDERER" "${PARAMS[@]}" > "$OUT/fleet.log" 2>&1 &
 FLEET=$!
 python -m disac_ros.nodes.bag_recorder --ros-args -p "output:=$OUT/bag" \

@@ -154,3 +154,92 @@ def test_params_file_has_no_yaml_aliases_when_nodes_share_a_list_placeholder():
     text = yaml.safe_dump(params_file_content(specs))
     assert '&id' not in text and '*id' not in text, text
     assert specs[0].parameters['ids'] == specs[1].parameters['ids'] == ['dev0', 'dev1']
+
+
+# A scenario with its own device ids (not dev0..devK-1).
+SMALL = REPO / 'config' / 'scenarios' / 'intersection_small.yaml'
+SMALL_IDS = ['car_a', 'rsu_north', 'rsu_east']
+
+
+def test_scenario_brings_its_device_ids_to_every_per_device_node_and_its_path_to_the_world(monkeypatch):
+    monkeypatch.chdir(REPO)                                    # a relative path is made absolute
+    specs = build_fleet(load_fleet_yaml(FLEET_YAML),
+                        FleetOptions(scenario='config/scenarios/intersection_small.yaml'))
+    by_name = {s.fqn: s for s in specs}
+    assert [s.fqn for s in specs] == ['/world', '/car_a/device_node', '/rsu_north/device_node',
+                                      '/rsu_east/device_node', '/link', '/aggregator']
+    world = by_name['/world']
+    assert world.parameters['scenario'] == str(SMALL) and world.parameters['num_devices'] == 3
+    for dev in SMALL_IDS:
+        assert by_name[f'/{dev}/device_node'].parameters['device_id'] == dev
+    assert by_name['/aggregator'].parameters['device_ids'] == SMALL_IDS
+    assert by_name['/link'].parameters['device_ids'] == ['auto']
+    from disac_ros.core.fleet_config import fleet_device_ids
+    assert fleet_device_ids(load_fleet_yaml(FLEET_YAML), FleetOptions(scenario=str(SMALL))) == SMALL_IDS
+    # Without a scenario nothing changes: the world's default scenario, dev0..dev3.
+    default = build_fleet(load_fleet_yaml(FLEET_YAML))
+    assert default[0].parameters['scenario'] == '' and default[0].parameters['num_devices'] == 4
+    assert default[-1].parameters['device_ids'] == ['dev0', 'dev1', 'dev2', 'dev3']
+
+
+def test_scenario_with_num_devices_keeps_its_first_k_devices():
+    specs = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(scenario=str(SMALL), num_devices=2))
+    assert [s.namespace for s in specs if s.executable == 'device_node'] == ['/car_a', '/rsu_north']
+    assert specs[0].parameters['num_devices'] == 2
+    assert specs[-1].parameters['device_ids'] == ['car_a', 'rsu_north']
+    # Other sources take the scenario's ids too (a bag recorded from it, or its real devices).
+    ext = build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(scenario=str(SMALL), source='external'))
+    assert [s.fqn for s in ext] == ['/car_a/device_node', '/rsu_north/device_node', '/rsu_east/device_node',
+                                    '/aggregator']
+    assert ext[-1].parameters['device_ids'] == SMALL_IDS
+
+
+def _bad_scenario(tmp_path, text):
+    path = tmp_path / 'bad_scenario.yaml'
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize('make,num_devices,field', [
+    (lambda tmp: SMALL, 4, 'num_devices'),                                  # only 3 devices
+    (lambda tmp: tmp / 'missing.yaml', None, 'scenario'),
+    (lambda tmp: _bad_scenario(tmp, 'devices: [\n'), None, 'scenario'),     # not YAML
+    (lambda tmp: _bad_scenario(tmp, SMALL.read_text().replace('id: rsu_east', 'id: rsu_north')),
+     None, 'scenario'),                                                     # duplicate device id
+    (lambda tmp: _bad_scenario(tmp, 'name: x\n'), None, 'scenario'),        # not a scenario
+])
+def test_bad_scenario_or_too_many_devices_is_a_config_error_naming_the_file(tmp_path, make, num_devices, field):
+    path = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        build_fleet(load_fleet_yaml(FLEET_YAML), FleetOptions(scenario=str(path), num_devices=num_devices))
+    assert err.value.field == field
+    assert str(path) in str(err.value)
+
+
+def test_scenario_with_a_world_that_would_ignore_it_is_a_config_error():
+    """An older fleet YAML (world scenario: '') must not simulate other devices than it starts."""
+    cfg = load_fleet_yaml(FLEET_YAML)
+    cfg['nodes'][0]['parameters']['scenario'] = ''
+    with pytest.raises(ConfigError, match='would not simulate') as err:
+        build_fleet(cfg, FleetOptions(scenario=str(SMALL)))
+    assert err.value.field == 'scenario'
+    assert build_fleet(cfg, FleetOptions(scenario=str(SMALL), source='bag', bag='/b'))   # no world: fine
+
+
+def test_runner_scenario_flag_dry_run_and_list_devices(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    opts = runner.options_from_args(runner.parse_args(['--scenario', 'config/scenarios/intersection_small.yaml']))
+    assert opts.scenario == str(SMALL)
+    assert runner.main(['--config', str(FLEET_YAML), '--scenario', str(SMALL), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert '# devices: car_a rsu_north rsu_east' in out
+    for dev in SMALL_IDS:
+        assert f'/{dev}/device_node:' in out and f'__ns:=/{dev} ' in out
+    assert f'scenario: {SMALL}' in out
+    assert runner.main(['--config', str(FLEET_YAML), '--scenario', str(SMALL), '--num-devices', '2',
+                        '--list-devices']) == 0
+    assert capsys.readouterr().out.split() == ['car_a', 'rsu_north']
+    assert runner.main(['--config', str(FLEET_YAML), '--list-devices']) == 0
+    assert capsys.readouterr().out.split() == ['dev0', 'dev1', 'dev2', 'dev3']
+    assert runner.main(['--config', str(FLEET_YAML), '--scenario', 'nope.yaml']) == runner.EXIT_CONFIG
+    assert 'nope.yaml' in capsys.readouterr().err

@@ -18,6 +18,7 @@ from disac_ros.tools import fleet as runner
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'fleet.launch.py'
 FLEET_YAML = REPO / 'config' / 'fleet.yaml'
+SMALL = REPO / 'config' / 'scenarios' / 'intersection_small.yaml'
 
 
 class FakeLaunchDescription:
@@ -89,7 +90,7 @@ def test_launch_file_declares_the_documented_arguments(launch_module):
     ld = launch_module.generate_launch_description()
     names = {e.name for e in ld.entities if isinstance(e, FakeDeclareLaunchArgument)}
     assert {'namespace', 'use_sim_time', 'params_file', 'log_level', 'source', 'num_devices', 'bag',
-            'config'} <= names
+            'config', 'scenario'} <= names
 
 
 @pytest.mark.parametrize('launch_args,runner_args', [
@@ -99,6 +100,8 @@ def test_launch_file_declares_the_documented_arguments(launch_module):
      ['--num-devices', '2', '--use-sim-time', 'true', '--log-level', 'debug', '--namespace', 'site1',
       '--params-file', '/tmp/extra.yaml']),
     ({'source': 'bag', 'bag': '/data/bags/sample'}, ['--source', 'bag', '--bag', '/data/bags/sample']),
+    ({'scenario': str(SMALL)}, ['--scenario', str(SMALL)]),
+    ({'scenario': str(SMALL), 'num_devices': '2'}, ['--scenario', str(SMALL), '--num-devices', '2']),
 ])
 def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args, runner_args, tmp_path):
     nodes = launched_nodes(launch_module, config=str(FLEET_YAML), **launch_args)
@@ -118,7 +121,14 @@ def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args,
         assert node['parameters'][1:] == list(spec.params_files)
         assert node['remappings'] == list(spec.remappings)
         assert node['arguments'][-1] == cmd[cmd.index('--log-level') + 1] == args.log_level
-    if 'num_devices' in launch_args:
+    if 'scenario' in launch_args:
+        k = int(launch_args.get('num_devices', 3))
+        ids = ['car_a', 'rsu_north', 'rsu_east'][:k]
+        assert nodes[0]['parameters'][0]['scenario'] == str(SMALL)
+        assert nodes[0]['parameters'][0]['num_devices'] == k
+        assert [n['namespace'] for n in nodes if n['executable'] == 'device_node'] == [f'/{d}' for d in ids]
+        assert nodes[-1]['parameters'][0]['device_ids'] == ids
+    elif 'num_devices' in launch_args:
         assert nodes[0]['parameters'][0]['num_devices'] == 2 and nodes[0]['parameters'][0]['use_sim_time'] is True
         assert nodes[0]['namespace'] == '/site1'
     if 'bag' in launch_args:

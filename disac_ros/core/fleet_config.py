@@ -18,10 +18,16 @@ A fleet file (``config/fleet.yaml``) looks like::
         remappings: {from: to}       # or a list of [from, to] pairs
 
 Placeholders in names, namespaces, remappings and string parameter values: ``{device_id}``,
-``{index}`` (per-device nodes only), ``{num_devices}``, ``{source}``, ``{bag}``. A string value
+``{index}`` (per-device nodes only), ``{num_devices}``, ``{source}``, ``{bag}``, ``{scenario}``
+(the absolute path of ``FleetOptions.scenario``, '' when unset). A string value
 that is exactly one placeholder takes the placeholder's type (``'{num_devices}'`` -> int 4), and
 ``'{device_ids}'`` becomes the list of device ids. Null and empty-list values are dropped (a ROS
 parameters file cannot type them), so the node keeps its default.
+
+A scenario (``FleetOptions.scenario``: ``disac_fleet --scenario FILE`` / ``scenario:=FILE``) brings its
+own devices: the device ids become the scenario's ``devices[*].id`` in scenario order (``fleet.device_ids``
+and ``device_id_format`` are then ignored), K defaults to their count (an explicit K keeps the first
+K), and ``{scenario}`` is the file's absolute path (the shipped fleet.yaml gives it to the world).
 
 ``build_fleet`` is the single pure function both front ends call, so they start the same nodes.
 """
@@ -79,6 +85,7 @@ class FleetOptions:
     use_sim_time: bool | None = None     # None: leave each node's own setting
     params_files: tuple[str, ...] = ()   # extra ROS params files for every node
     overrides: Mapping[str, Any] = field(default_factory=dict)  # '<node name>.<param>' or '<param>'
+    scenario: str = ''                   # scenario YAML: its device ids, and '{scenario}' for the world
 
 
 def load_fleet_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -111,30 +118,75 @@ def device_ids_for(fleet: Mapping[str, Any], num_devices: int) -> list[str]:
     return ids[:num_devices]
 
 
-def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions()) -> list[NodeSpec]:
-    """Expand a parsed fleet YAML into the node specs for ``options`` (pure function)."""
+def scenario_device_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The device ids of a scenario YAML, in scenario order (the scenario is fully validated).
+
+    ConfigError (field ``scenario``) naming the file when it is missing, not YAML or invalid.
+    """
+    from disac_ros.core.scenario import load_scenario   # ROS-free; only needed with a scenario
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError('scenario', f'scenario file not found: {p}')
+    try:
+        return list(load_scenario(p).device_ids)
+    except ConfigError as exc:                # ScenarioError: its message names file and field
+        text = str(exc)
+        raise ConfigError('scenario', f'invalid scenario: {text}' if str(p) in text
+                          else f'invalid scenario {p}: {text}') from None
+
+
+def _fleet_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     fleet = config.get('fleet') or {}
     if not isinstance(fleet, Mapping):
         raise ConfigError('fleet', f'expected a mapping, got {type(fleet).__name__}')
     for key in fleet:
         if key not in _FLEET_KEYS:
             raise ConfigError(f'fleet.{key}', f'unknown key; expected one of {", ".join(sorted(_FLEET_KEYS))}')
-    num_devices = options.num_devices if options.num_devices is not None else fleet.get(
-        'num_devices', DEFAULT_NUM_DEVICES)
+    return fleet
+
+
+def _devices(fleet: Mapping[str, Any], options: FleetOptions) -> tuple[int, list[str], str]:
+    """(K, the K device ids, the scenario's absolute path or '') for ``options``."""
+    scenario = str(Path(options.scenario).resolve()) if options.scenario else ''
+    scenario_ids = scenario_device_ids(scenario) if scenario else None
+    if options.num_devices is not None:
+        num_devices = options.num_devices
+    elif scenario_ids is not None:
+        num_devices = len(scenario_ids)
+    else:
+        num_devices = fleet.get('num_devices', DEFAULT_NUM_DEVICES)
     if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
         raise ConfigError('num_devices', f'must be an integer >= 1, got {num_devices!r}')
+    if scenario_ids is not None and num_devices > len(scenario_ids):
+        raise ConfigError('num_devices', f'{num_devices} devices asked for, but the scenario {scenario} '
+                                         f'defines {len(scenario_ids)} ({", ".join(scenario_ids)})')
+    device_ids = (scenario_ids[:num_devices] if scenario_ids is not None
+                  else device_ids_for(fleet, num_devices))
+    return num_devices, device_ids, scenario
+
+
+def fleet_device_ids(config: Mapping[str, Any], options: FleetOptions = FleetOptions()) -> list[str]:
+    """The device ids ``build_fleet(config, options)`` uses, in order (``{device_ids}``)."""
+    return _devices(_fleet_section(config), options)[1]
+
+
+def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions()) -> list[NodeSpec]:
+    """Expand a parsed fleet YAML into the node specs for ``options`` (pure function but for
+    reading ``options.scenario``)."""
+    fleet = _fleet_section(config)
+    num_devices, device_ids, scenario = _devices(fleet, options)
     source = options.source or fleet.get('source', 'sim')
     if source not in SOURCES:
         raise ConfigError('source', f'expected one of {", ".join(SOURCES)}, got {source!r}')
     if source == 'bag' and not options.bag:
         raise ConfigError('bag', 'source "bag" needs a bag directory (--bag DIR / bag:=DIR)')
-    device_ids = device_ids_for(fleet, num_devices)
     nodes = config.get('nodes')
     if not isinstance(nodes, list) or not nodes:
         raise ConfigError('nodes', 'expected a non-empty list of node entries')
 
     base_values = {'num_devices': num_devices, 'source': source, 'bag': options.bag,
-                   'device_ids': device_ids}
+                   'device_ids': device_ids, 'scenario': scenario}
     specs: list[NodeSpec] = []
     for i, entry in enumerate(nodes):
         where = f'nodes[{i}]'
@@ -159,6 +211,12 @@ def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions(
         for values in instances:
             specs.append(_expand(entry, values, options, where))
 
+    for spec in specs:
+        if scenario and spec.executable == 'world_node' and spec.parameters.get('scenario') != scenario:
+            # e.g. an older fleet YAML with scenario: '': the world would simulate other devices.
+            raise ConfigError('scenario', f'{spec.fqn} would not simulate {scenario} (its scenario '
+                                          f'parameter is {spec.parameters.get("scenario")!r}); give it '
+                                          f"scenario: '{{scenario}}' in the fleet YAML")
     seen: dict[str, int] = {}
     for k, spec in enumerate(specs):
         if spec.fqn in seen:

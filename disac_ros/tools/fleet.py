@@ -6,7 +6,9 @@ each node as ``<this python> -m <module> --ros-args -r __node:=<name> -r __ns:=<
 --params-file <generated> [--params-file <yours>] --log-level <level>``, prefixes each child's
 output with ``[<node>]``, forwards SIGINT/SIGTERM, restarts nothing, and exits 0 after a clean stop
 (1 if a child failed, 2 on a configuration error). ``--share-device-process`` starts every device
-node in one process instead (``disac_ros.nodes.device_group``), the rest unchanged.
+node in one process instead (``disac_ros.nodes.device_group``), the rest unchanged. ``--scenario
+FILE`` runs that scenario with its own device ids (the world simulates it; K defaults to its device
+count); ``--list-devices`` prints the device ids the fleet would use, one per line (scripts use it).
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import yaml
 
 import disac_ros
 from disac_ros.core.errors import ConfigError
-from disac_ros.core.fleet_config import (SOURCES, FleetOptions, NodeSpec, build_fleet,
-                                         find_default_config, load_fleet_yaml, params_file_content)
+from disac_ros.core.fleet_config import (SOURCES, FleetOptions, NodeSpec, build_fleet, find_default_config,
+                                         fleet_device_ids, load_fleet_yaml, params_file_content)
 
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 EXIT_OK, EXIT_CHILD_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -42,11 +44,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog='examples:\n'
                '  disac_fleet --config config/fleet.yaml --num-devices 2\n'
                '  disac_fleet --source bag --bag bags/sample\n'
+               '  disac_fleet --scenario config/scenarios/intersection_small.yaml\n'
                '  disac_fleet -p world.rate_hz=5 --log-level debug --dry-run\n'
                'exit status: 0 clean stop, 1 a node failed, 2 bad configuration.',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', help='fleet YAML (default: the installed config/fleet.yaml)')
-    p.add_argument('--num-devices', type=int, help='number of devices K (default: fleet.num_devices)')
+    p.add_argument('--num-devices', type=int,
+                   help='number of devices K (default: the scenario\'s device count with --scenario, '
+                        'else fleet.num_devices)')
+    p.add_argument('--scenario', default='',
+                   help='scenario YAML to simulate, with its own device ids (default: the world\'s '
+                        'config/scenarios/default.yaml and the ids of fleet.device_id_format)')
     p.add_argument('--source', choices=SOURCES, help='where sensor data comes from (default: fleet.source)')
     p.add_argument('--bag', default='', help='bag directory, for --source bag')
     p.add_argument('--namespace', default='', help='prefix for every node namespace')
@@ -63,6 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--stop-timeout', type=float, default=10.0,
                    help='seconds to wait for nodes after SIGINT before SIGTERM/SIGKILL (default 10)')
     p.add_argument('--dry-run', action='store_true', help='print the commands and parameters, start nothing')
+    p.add_argument('--list-devices', action='store_true',
+                   help='print the device ids, one per line, start nothing')
     return p.parse_args(argv)
 
 
@@ -79,7 +89,8 @@ def options_from_args(args: argparse.Namespace) -> FleetOptions:
                         bag=str(Path(args.bag).resolve()) if args.bag else '',
                         namespace=args.namespace, use_sim_time=sim_time,
                         params_files=tuple(str(Path(f).resolve()) for f in args.params_file),
-                        overrides=overrides)
+                        overrides=overrides,
+                        scenario=str(Path(args.scenario).resolve()) if args.scenario else '')
 
 
 def child_command(spec: NodeSpec, params_file: str, log_level: str = 'info',
@@ -296,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config_path = Path(args.config) if args.config else find_default_config()
-        specs = build_fleet(load_fleet_yaml(config_path), options_from_args(args))
+        config, options = load_fleet_yaml(config_path), options_from_args(args)
+        specs = build_fleet(config, options)
+        device_ids = fleet_device_ids(config, options)
+        if args.list_devices:
+            print('\n'.join(device_ids))
+            return EXIT_OK
         fleet = Fleet(specs, args.log_level, share_device_process=args.share_device_process)
         commands = fleet.commands()
     except ConfigError as exc:
@@ -304,13 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.dry_run:
         print(f'# config: {config_path}')
+        if args.scenario:
+            print(f'# scenario: {Path(args.scenario).resolve()}')
+        print(f'# devices: {" ".join(device_ids)}')
         print(yaml.safe_dump(params_file_content(specs), sort_keys=False), end='')
         for cmd in commands:
             print(' '.join(cmd))
         return EXIT_OK
     signal.signal(signal.SIGINT, fleet.request_stop)
     signal.signal(signal.SIGTERM, fleet.request_stop)
-    fleet.log(f'{len(specs)} node(s) from {config_path}')
+    fleet.log(f'{len(specs)} node(s) from {config_path}'
+              + (f', scenario {options.scenario}' if options.scenario else '')
+              + f'; devices {" ".join(device_ids)}')
     return fleet.run(args.stop_timeout)
 
 
