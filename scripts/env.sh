@@ -9,6 +9,10 @@ case $- in *u*) _disac_nounset=1; set +u ;; *) _disac_nounset= ;; esac
 [ -n "$_disac_nounset" ] && set -u
 unset _disac_nounset
 export AMENT_PREFIX_PATH="$_disac_root/install/disac_ros:$_disac_root/install/disac_interfaces:$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+# The console scripts (disac_fleet, disac-dataset, disac-train, ...) live where ament_python puts
+# them, which `ros2 run` finds but a shell does not: put them on PATH too.
+case ":$PATH:" in *":$_disac_root/install/disac_ros/lib/disac_ros:"*) ;;
+  *) export PATH="$_disac_root/install/disac_ros/lib/disac_ros:$PATH" ;; esac
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
 # Keep DDS discovery on this host unless the user says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
