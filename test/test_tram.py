@@ -217,3 +217,75 @@ def test_device_frame_mode_masks_absent_devices_and_needs_tram():
     assert bool((probs[~q_present][:, 0] > 0.999).all())        # absent: certainly no object
     with pytest.raises(ConfigError, match='detect_in_device_frame'):
         _cfg(detect_in_device_frame=True, aggregator='mean_pool')
+
+
+def _relative_model(aggregator: str = 'tram') -> TRAM:
+    head = HeadConfig(dim=32, num_heads=2, kind='grid', polar_grid=(4, 8))
+    torch.manual_seed(0)
+    return TRAM(TRAMConfig(feature_dim=128, dim=32, num_layers=1, num_heads=2, head=head,
+                           detect_in_device_frame=aggregator == 'tram', geometry='relative',
+                           aggregator=aggregator)).eval()
+
+
+def _rigid(pose: torch.Tensor, theta: float, shift: tuple[float, float]) -> torch.Tensor:
+    c, s = np.cos(theta), np.sin(theta)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
+    out = pose.clone()
+    out[..., :2] = pose[..., :2] @ rot.T + torch.tensor(shift)
+    out[..., 2] = pose[..., 2] + theta
+    return out
+
+
+def test_relative_geometry_has_no_per_id_parameters_and_ignores_the_map_frame():
+    model = _relative_model()
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if n.startswith(('device_emb', 'pose_emb', 'world_pos_emb'))]
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 5, 128, generator=g)
+    pose = torch.cat([torch.randn(2, 5, 2, generator=g) * 20, torch.rand(2, 5, 1) * 6], -1)
+    link = torch.tensor([10.0, 100.0]).expand(2, 5, 2)
+    present = torch.ones(2, 5, dtype=torch.bool)
+    present[1, 3] = False
+    out = model(feats, present, pose, link)
+    # The same scene anywhere else on the planet, turned: the same objects, moved with it.
+    theta, shift = 0.9, (250.0, -80.0)
+    moved = model(feats, present, _rigid(pose, theta, shift), link)
+    assert torch.allclose(out.prediction.logits, moved.prediction.logits, atol=1e-3)
+    ok = present.repeat_interleave(32, dim=1)
+    expect = _rigid(torch.cat([out.prediction.position, torch.zeros(2, 160, 1)], -1),
+                    theta, shift)[..., :2]
+    assert torch.allclose(expect[ok], moved.prediction.position[ok], atol=0.05)
+    # Any slot order and any slot number (ids): the same reports, reordered.
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    again = model(feats[:, perm], present[:, perm], pose[:, perm], link[:, perm],
+                  torch.full((2, 5), 99, dtype=torch.long))
+    assert torch.allclose(again.prediction.logits.view(2, 5, 32, 5),
+                          out.prediction.logits.view(2, 5, 32, 5)[:, perm], atol=1e-4)
+
+
+@pytest.mark.parametrize('aggregator', ['tram', 'mean_pool'])
+def test_relative_geometry_runs_any_number_of_devices(aggregator):
+    model = _relative_model(aggregator)
+    for k in (1, 2, 9, 12):
+        out = model(torch.randn(1, k, 128), torch.ones(1, k, dtype=torch.bool),
+                    torch.randn(1, k, 3) * 10, torch.tensor([10.0, 100.0]).expand(1, k, 2))
+        assert out.prediction.logits.shape[1] == k * 32     # every device's cells
+        assert torch.isfinite(out.prediction.logits).all()
+
+
+def test_relative_geometry_absent_devices_cannot_affect_the_present_ones():
+    model = _relative_model()
+    feats = torch.randn(1, 3, 128)
+    pose = torch.randn(1, 3, 3) * 10
+    link = torch.tensor([10.0, 100.0]).expand(1, 3, 2)
+    present = torch.tensor([[True, False, True]])
+    a = model(feats, present, pose, link).prediction.logits.view(1, 3, 32, 5)
+    feats[0, 1] = 100.0
+    pose[0, 1] = torch.tensor([5.0, 5.0, 1.0])
+    b = model(feats, present, pose, link).prediction.logits.view(1, 3, 32, 5)
+    assert torch.allclose(a[:, [0, 2]], b[:, [0, 2]], atol=1e-5)
+
+
+def test_geometry_must_be_known():
+    with pytest.raises(Exception, match='geometry'):
+        TRAMConfig(geometry='polar')

@@ -359,6 +359,13 @@ class TRAMConfig(_Config):
     # and the known pose maps them to the world exactly (see tram.py); False: one world-frame
     # head over all tokens (old checkpoints).
     detect_in_device_frame: bool = False
+    # 'absolute': tokens carry a device-id embedding, the device pose and (grid) the cells' world
+    # positions: a model of one map and one set of ids (old checkpoints). 'relative': no per-id
+    # parameter and no absolute position at all; cells of different devices attend to each other
+    # by their distance on the ground (a learnt per-head decay of the attention logit), which is
+    # the same under any translation or rotation of the scene, so any site, any ids, any K.
+    geometry: str = 'absolute'
+    relative_scale_m: float = 8.0         # distance unit of the relative attention bias
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -391,6 +398,12 @@ class TRAMConfig(_Config):
         _check(self.aggregator in ('tram', 'mean_pool'), 'aggregator',
                f"must be 'tram' or 'mean_pool', got {self.aggregator!r}", p)
         _check(self.scene_scale_m > 0, 'scene_scale_m', 'must be > 0', p)
+        _check(self.geometry in ('absolute', 'relative'), 'geometry',
+               f"must be 'absolute' or 'relative', got {self.geometry!r}", p)
+        _check(math.isfinite(self.relative_scale_m) and self.relative_scale_m > 0,
+               'relative_scale_m', 'must be > 0', p)
+        _check(self.geometry == 'absolute' or self.head.kind == 'grid', 'geometry',
+               "'relative' needs head.kind=grid", p)
         _check(self.head.dim == self.dim, 'head.dim', f'must equal dim={self.dim}', p)
         if self.head.kind == 'grid':
             cells = self.head.polar_grid[0] * self.head.polar_grid[1]

@@ -40,6 +40,13 @@ head on every cell in its device's frame, and the exact pose transform. Every pr
 grid contains an object is trained to report it; the output's duplicates are removed by
 class-agnostic fusion (``detection_fusion.py``: weighted clusters by default, or NMS).
 
+With ``geometry='relative'`` (the device-agnostic models) there is no device-id embedding, no
+pose embedding and no world-position embedding: a cell token is its decoded values + its cell
+index (its place in its own device's frame) + the link embedding, and the cross-device encoder
+(:mod:`relative_attention`) biases attention by the ground distance between cells. Nothing then
+depends on the map frame, the device ids, their order or their number: the output moves with any
+rigid motion of the scene, and K is unbounded.
+
 ``aggregator='mean_pool'`` is the baseline: the same per-device tokens and embeddings, no
 cross-device transformer, the memory is the mean over present devices, the same head.
 """
@@ -53,6 +60,7 @@ from torch import nn
 from disac_ros.core.models.config import TRAMConfig
 from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
 from disac_ros.core.models.polar_grid import PolarGrid
+from disac_ros.core.models.relative_attention import RelativeGeometryEncoder
 from disac_ros.core.models.semantic_codec import side_info_features
 
 
@@ -75,6 +83,7 @@ class TRAM(nn.Module):
         super().__init__()
         self.config = config or TRAMConfig()
         c = self.config
+        self.relative = c.geometry == 'relative'
         self.grid: PolarGrid | None = None
         if c.head.kind == 'grid':
             # Polar layout: one token per grid cell of each device, placed in the world by pose.
@@ -82,19 +91,25 @@ class TRAM(nn.Module):
             cells = self.grid.num_cells
             self.feat_proj = nn.Linear(c.feature_dim // cells, c.dim)
             self.token_index = nn.Parameter(torch.randn(cells, c.dim) * 0.02)
-            self.world_pos_emb = _mlp(2, c.dim)
+            if not self.relative:
+                self.world_pos_emb = _mlp(2, c.dim)
             self.register_buffer('centres', self.grid.centres_tensor(), persistent=False)
         else:
             self.feat_proj = nn.Linear(c.feature_dim, c.tokens_per_device * c.dim)
             self.token_index = nn.Parameter(torch.randn(c.tokens_per_device, c.dim) * 0.02)
-        self.device_emb = nn.Embedding(c.max_devices, c.dim)
-        nn.init.normal_(self.device_emb.weight, std=0.02)
-        self.pose_emb = _mlp(4, c.dim)
+        if not self.relative:
+            # Absolute geometry: a device-id slot and the pose in the training map's frame.
+            self.device_emb = nn.Embedding(c.max_devices, c.dim)
+            nn.init.normal_(self.device_emb.weight, std=0.02)
+            self.pose_emb = _mlp(4, c.dim)
         self.link_emb = _mlp(2, c.dim)
-        self.encoder: nn.TransformerEncoder | None = None
+        self.encoder: nn.Module | None = None
         self.score: nn.Sequential | None = None
         if c.aggregator == 'tram':
-            if c.num_layers > 0:
+            if c.num_layers > 0 and self.relative:
+                self.encoder = RelativeGeometryEncoder(c.dim, c.num_heads, c.num_layers,
+                                                       c.ffn_mult, c.dropout, c.relative_scale_m)
+            elif c.num_layers > 0:
                 layer = nn.TransformerEncoderLayer(c.dim, c.num_heads, c.ffn_mult * c.dim,
                                                    c.dropout, activation='gelu',
                                                    batch_first=True, norm_first=True)
@@ -122,7 +137,8 @@ class TRAM(nn.Module):
         empty = torch.nonzero(~present.any(dim=1)).flatten()
         if empty.numel():
             raise ValueError(f'present: frame {int(empty[0])} has no present device')
-        if bool(((device_index < 0) | (device_index >= c.max_devices)).any()):
+        if not self.relative and bool(((device_index < 0)
+                                       | (device_index >= c.max_devices)).any()):
             raise ValueError(f'device_index: must be in [0, {c.max_devices}) (max_devices)')
 
     def forward(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
@@ -140,14 +156,19 @@ class TRAM(nn.Module):
         link_e = self.link_emb(side_info_features(link[..., 0].reshape(-1),
                                                   link[..., 1].reshape(-1))
                                .to(features.device).view(b, k, 2))          # (B, K, D)
-        per_device = (self.device_emb(device_index) + self.pose_emb(pose_in) + link_e)
+        world = None
+        if self.relative:
+            per_device = link_e     # no id, no absolute pose: see TRAMConfig.geometry
+        else:
+            per_device = (self.device_emb(device_index) + self.pose_emb(pose_in) + link_e)
         if self.grid is not None:
             t = self.grid.num_cells
             cells = features.float().view(b, k, t, -1)
             world = self._to_world(self.centres.to(pose.dtype).expand(b, k, t, 2), pose) \
                 + pose[..., None, :2]
-            tokens = (self.feat_proj(cells) + self.token_index
-                      + self.world_pos_emb(world / c.scene_scale_m))
+            tokens = self.feat_proj(cells) + self.token_index
+            if not self.relative:
+                tokens = tokens + self.world_pos_emb(world / c.scene_scale_m)
         else:
             tokens = self.feat_proj(features.float()).view(b, k, t, d) + self.token_index
         tokens = tokens + per_device.unsqueeze(2)                            # (B, K, T, D)
@@ -163,7 +184,7 @@ class TRAM(nn.Module):
             context = memory.mean(dim=1)
             return TRAMOutput(self.head(memory, context=context), w)
         if c.detect_in_device_frame:
-            return self._device_frame_forward(tokens, present, pose, link_e)
+            return self._device_frame_forward(tokens, present, pose, link_e, world)
         flat = tokens.reshape(b, k * t, d)
         pad = absent.repeat_interleave(t, dim=1)                               # (B, K*T)
         if self.encoder is not None:
@@ -187,13 +208,18 @@ class TRAM(nn.Module):
         return w.masked_fill(absent, 0.0)
 
     def _device_frame_forward(self, tokens: torch.Tensor, present: torch.Tensor,
-                              pose: torch.Tensor, link_e: torch.Tensor) -> TRAMOutput:
+                              pose: torch.Tensor, link_e: torch.Tensor,
+                              world: torch.Tensor | None = None) -> TRAMOutput:
         """Per-device decoding in the device frame + exact pose transform (see module doc)."""
         b, k, t, d = tokens.shape
         absent = ~present
         flat = tokens.reshape(b, k * t, d)
-        if self.encoder is not None:
-            flat = self.encoder(flat, src_key_padding_mask=absent.repeat_interleave(t, dim=1))
+        pad = absent.repeat_interleave(t, dim=1)
+        if self.relative and self.encoder is not None:
+            assert world is not None
+            flat = self.encoder(flat, world.reshape(b, k * t, 2), pad)
+        elif self.encoder is not None:
+            flat = self.encoder(flat, src_key_padding_mask=pad)
         per_dev = flat.view(b, k, t, d)
         summary = per_dev.mean(dim=2)                                         # (B, K, D)
         w = self._weights(summary, link_e, absent)
