@@ -83,6 +83,7 @@ class ModelInfo:
     recipe: Any                       # training Recipe; None when this version cannot parse it
     channel: ChannelConfig            # the channel model the decoder was trained with
     aggregator_xy: tuple[float, float]  # the receiver position the models were trained with
+    device_agnostic: bool = False     # one shared network for any device id (and any K)
 
 
 def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
@@ -120,7 +121,8 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
     if len(xy) != 2:
         raise ModelError(f'{root / "recipe.json"}: aggregator_xy must be [x, y], got {xy}')
     return ModelInfo(root=root, devices=tuple(devices), shipped_decoder=str(model.get('shipped_decoder', 'mlp')),
-                     recipe=recipe, channel=channel, aggregator_xy=xy)  # type: ignore[arg-type]
+                     recipe=recipe, channel=channel, aggregator_xy=xy,  # type: ignore[arg-type]
+                     device_agnostic=bool(model.get('device_agnostic', False)))
 
 
 def _load(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -161,6 +163,8 @@ class DevicePipeline:
         self.info = read_model_info(model_dir)
         self.device_id = device_id
         self.weights_of = model_device_id or device_id
+        if self.info.device_agnostic:
+            self.weights_of = self.info.devices[0]    # one shared network serves every id
         if self.weights_of not in self.info.devices:
             raise ModelError(f'{self.info.root}: no stage-1 models for device {self.weights_of!r} '
                              f'(has {list(self.info.devices)}); set model_device_id to one of them')
@@ -313,7 +317,7 @@ class AggregatorPipeline:
         self._base_fusion = fusion or FusionConfig()
         self._fusion_by_devices: dict[int, FusionConfig] = {}
         # the configuration with every model device present (logged, shown in diagnostics)
-        self.fusion = self.fusion_for(len(self.info.devices))
+        self.fusion = self.fusion_for(4 if self.info.device_agnostic else len(self.info.devices))
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
         if getattr(self.decoder, 'routes_by_device', False):
@@ -330,6 +334,8 @@ class AggregatorPipeline:
 
     def slot(self, device_id: str) -> int:
         """TRAM device-id slot of a device; ModelError when the model has none for it."""
+        if self.info.device_agnostic:
+            return 0     # no per-id parameters: every device is the same to TRAM
         model_dev = self.slot_of.get(device_id, device_id)
         try:
             return self.info.devices.index(model_dev)
@@ -372,7 +378,7 @@ class AggregatorPipeline:
             ids = [p.device_id for p in g]
             if len(set(ids)) != len(ids):
                 raise ConfigError(f'groups[{gi}]', f'duplicate devices {ids}')
-            flat.extend(sorted(g, key=lambda p: self.slot(p.device_id)))
+            flat.extend(sorted(g, key=lambda p: (self.slot(p.device_id), p.device_id)))
         for p in flat:
             s = np.asarray(p.symbols)
             if s.shape != (self.num_symbols, 2) or not np.all(np.isfinite(s)):

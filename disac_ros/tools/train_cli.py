@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser('all', help='every stage, all devices, decoders and baselines')
     _common(a)
     a.add_argument('--devices', nargs='+', help='device ids (default: all in the dataset)')
+    ad = sub.add_parser('adapt', help='adapt a device-agnostic model to a site: simulate the '
+                                      'scenario, score, fine-tune, score again')
+    ad.add_argument('--scenario', required=True, help='the site as a scenario YAML')
+    ad.add_argument('--from', dest='src', required=True, help='device-agnostic model folder')
+    ad.add_argument('--out', required=True, help='the adapted model folder (new)')
+    ad.add_argument('--train-seeds', type=int, nargs='+', default=list(range(5000, 5008)))
+    ad.add_argument('--val-seeds', type=int, nargs='+', default=[5100, 5101])
+    ad.add_argument('--test-seeds', type=int, nargs='+', default=[5200, 5201, 5202, 5203])
+    ad.add_argument('--frames-per-seed', type=int, default=30)
+    ad.add_argument('--frame-stride', type=int, default=8)
+    ad.add_argument('--rounds', type=int, default=30, help='federated stage-1 rounds on the site')
+    ad.add_argument('--stage2-steps', type=int, default=1500, help='TRAM fine-tune steps')
+    ad.add_argument('--renderer', default='genesis', choices=('genesis', 'none'))
+    ad.add_argument('--threads', type=int, help='torch threads (default: the recipe)')
+    ad.add_argument('--no-progress', action='store_true', help='hide progress bars')
     ex = sub.add_parser('export', help='copy only what the running system loads (stage-1 '
                                        'detector+encoder, shipped decoder, TRAM) + MODEL_CARD.md')
     ex.add_argument('--from', dest='src', required=True, help='trained model folder')
@@ -299,8 +314,24 @@ def _brief(s: dict[str, Any]) -> dict[str, Any]:
 _DECODER_DEFAULTS = {'steps': None, 'max_seconds': None, 'batch_size': None, 'torch_device': 'cpu'}
 
 
+def cmd_all_shared(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
+    """The device-agnostic pipeline (recipe with ``tram.geometry: relative``): federated
+    stage 1 over every device of every scene, the shared decoder, TRAM (training.generalist)."""
+    from disac_ros.core.training.generalist import train_all_shared
+    if args.devices:
+        raise UsageError('--devices: a device-agnostic recipe trains on every device of every '
+                         'scene')
+    info = train_all_shared(args.data, args.out, recipe, args.val, resume=args.resume,
+                            show_progress=not args.no_progress)
+    print(f'model folder {args.out}: device-agnostic, {info["data"]["train_scenes"]} training '
+          f'scenes, {info["wall_s"]:.0f} s')
+    return info
+
+
 def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Every stage in order, with a time summary."""
+    if recipe.tram.geometry == 'relative':
+        return cmd_all_shared(args, recipe)
     train = _open(args.data)
     devices = args.devices or train.device_ids
     times: list[tuple[str, float]] = []
@@ -347,13 +378,43 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Fit and store every aggregator's class weights on the validation split."""
-    from disac_ros.core.training.calibration import calibrate_model
+    from disac_ros.core.training.calibration import calibrate_model, calibrate_scenes
+    from disac_ros.core.training.stage1 import is_device_agnostic
+    if is_device_agnostic(args.out):
+        from disac_ros.core.training.generalist import load_scene_list
+        cal = calibrate_scenes(args.out, load_scene_list(args.val), recipe=recipe, log=print)
+        update_model_json(Path(args.out), calibration={'both_tram': cal})
+        return {'calibrated': [cal]}
     done = calibrate_model(args.out, _open(args.val), recipe=recipe, log=print)
     update_model_json(Path(args.out), calibration={Path(d['folder']).name: {
         k: d[k] for k in ('class_weights', 'class_thresholds', 'accuracy_before', 'accuracy_after',
                           'seeds')}
         for d in done})
     return {'calibrated': done}
+
+
+def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
+    """Site adaptation (training.adapt): prints the before / after table."""
+    from disac_ros.core.training.adapt import adapt_model
+    for name in ('frames_per_seed', 'frame_stride', 'rounds', 'stage2_steps'):
+        if getattr(args, name) < 1:
+            raise UsageError(f'--{name.replace("_", "-")}: must be >= 1')
+    if not Path(args.scenario).is_file():
+        raise UsageError(f'--scenario: {args.scenario}: no such file')
+    rep = adapt_model(args.scenario, args.src, args.out, train_seeds=args.train_seeds,
+                      val_seeds=args.val_seeds, test_seeds=args.test_seeds,
+                      frames_per_seed=args.frames_per_seed, frame_stride=args.frame_stride,
+                      rounds=args.rounds, stage2_steps=args.stage2_steps,
+                      renderer=args.renderer, threads=args.threads,
+                      show_progress=not args.no_progress)
+    print(f'\nadapted {args.src} -> {args.out} in {rep["wall_s"]:.0f} s; test seeds '
+          f'{args.test_seeds}:')
+    print(f'  {"condition":14s} {"before":>8s} {"after":>8s}   (accuracy; precision)')
+    for cond, after in rep['after'].items():
+        b = rep['before'].get(cond, {})
+        print(f'  {cond:14s} {b.get("accuracy", float("nan")):8.3f} {after["accuracy"]:8.3f}'
+              f'   ({b.get("precision", float("nan")):.2f} -> {after["precision"]:.2f})')
+    return rep
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -381,11 +442,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ('stage1', 'stage2', 'all', 'calibrate'):
             for name in ('data', 'val'):
                 path = getattr(args, name, None)
-                if path is not None and not (Path(path) / 'manifest.json').is_file():
+                family_ok = args.command in ('all', 'calibrate') \
+                    and (Path(path or '') / 'family.json').is_file()
+                if path is not None and not family_ok \
+                        and not (Path(path) / 'manifest.json').is_file():
                     raise UsageError(f'--{name}: {path} is not a dataset folder '
-                                     f'(no manifest.json)')
+                                     f'(no manifest.json, nor family.json for `all`)')
         if args.command == 'export':    # reads a finished folder: no recipe to resolve
             cmd_export(args)
+            return 0
+        if args.command == 'adapt':     # the source folder's recipe
+            cmd_adapt(args)
             return 0
         # calibrate reads a finished folder: its stored recipe, never rewritten
         recipe = stored_recipe(args) if args.command == 'calibrate' else resolve_recipe(args)

@@ -59,7 +59,8 @@ from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
 from disac_ros.core.training.decoder import (KINDS, decode, decoder_dir, device_slots,
                                              load_decoder)
 from disac_ros.core.training.recipes import Recipe
-from disac_ros.core.training.stage1 import encode_frames, load_device_models, stage1_dir
+from disac_ros.core.training.stage1 import (encode_frames, load_device_models, model_device,
+                                            stage1_dir)
 from disac_ros.core.training.stage2 import stage2_dir
 
 METHODS = ('disac', 'llm_decoder', 'mlp_decoder', 'llm_no_channel_tokens', 'device_decoder',
@@ -129,16 +130,20 @@ def _subset(n: int, limit: int) -> np.ndarray:
 
 
 def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = None,
-            log: Callable[[str], None] = print, calibrations: bool = True) -> EvalContext:
+            log: Callable[[str], None] = print, calibrations: bool = True,
+            digital: bool = True) -> EvalContext:
     """Run every device's stage-1 models on its own test view; load decoders and aggregators
-    (and the aggregators' calibration files unless ``calibrations`` is False)."""
+    (and the aggregators' calibration files unless ``calibrations`` is False; the digital
+    JPEG chain's inputs unless ``digital`` is False). Any device id of a device-agnostic model
+    runs the shared network."""
     ckpt = Path(checkpoint)
     recipe = recipe or load_recipe_of(ckpt)
     common.set_threads(recipe.threads)
     model_json = ckpt / 'model.json'
     shipped = json.loads(model_json.read_text()).get('shipped_decoder', 'mlp') \
         if model_json.is_file() else 'mlp'
-    devs = [d for d in test.device_ids if (stage1_dir(ckpt, 'both', d) / 'checkpoint').is_dir()]
+    devs = [d for d in test.device_ids
+            if (stage1_dir(ckpt, 'both', model_device(ckpt, d)) / 'checkpoint').is_dir()]
     if not devs:
         raise ConfigError('checkpoint', f'{ckpt}: no stage-1 device models for the test devices '
                                         f'{test.device_ids}')
@@ -148,7 +153,8 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
                       labels, torch.zeros(0), shipped=shipped)
     t0 = time.perf_counter()
     for mod in ('both', 'rf', 'camera'):
-        if not all((stage1_dir(ckpt, mod, d) / 'checkpoint').is_dir() for d in devs):
+        if not all((stage1_dir(ckpt, mod, model_device(ckpt, d)) / 'checkpoint').is_dir()
+                   for d in devs):
             continue
         syms, feats, poses, dig = [], [], [], []
         for d in devs:
@@ -158,7 +164,7 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
             syms.append(s)
             feats.append(f)
             poses.append(fr.pose)
-            if mod == 'both':
+            if mod == 'both' and digital:
                 dig.append(_digital_features(models, fr, recipe))
         ctx.variants[mod] = VariantData(torch.from_numpy(np.stack(syms, 1)),
                                         torch.from_numpy(np.stack(feats, 1)))
@@ -166,8 +172,9 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
             p = np.stack(poses, 1)
             ctx.pose = torch.from_numpy(np.stack((p[..., 0], p[..., 1], p[..., 3]), -1)
                                         .astype(np.float32))
-            ctx.digital = {'feature': torch.from_numpy(np.stack([g[0] for g in dig], 1)),
-                           'bytes': np.stack([g[1] for g in dig], 1)}
+            if dig:
+                ctx.digital = {'feature': torch.from_numpy(np.stack([g[0] for g in dig], 1)),
+                               'bytes': np.stack([g[1] for g in dig], 1)}
     log(f'device-side pass over {len(frames)} frames x {len(devs)} devices x '
         f'{len(ctx.variants)} variants: {time.perf_counter() - t0:.1f} s')
     for mod in ctx.variants:

@@ -374,3 +374,67 @@ def calibrate_model(model_dir: str | Path, val: Any, methods: Sequence[str] | No
     if not done:
         raise ConfigError('out', f'{model_dir}: no aggregator to calibrate')
     return list(done.values())
+
+
+def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any = None,
+                     max_subsets: int = 4, log: Callable[[str], None] = print
+                     ) -> dict[str, Any]:
+    """
+    :func:`calibrate_model` for a device-agnostic model on many validation scenes (each with
+    its own devices, any number): the frames of every scene are pooled, per number of present
+    devices k (up to ``max_subsets`` of each scene's k-device subsets), and fitted as above. The
+    fit with every device of each scene present is the top level; each smaller k gets its own.
+    Only the shipped system's aggregator (``stage2/both_tram``) is calibrated.
+    """
+    from disac_ros.core.evaluation import evaluate as ev
+    from disac_ros.core.training.generalist import subsets
+    pooled: dict[int | str, list[FrameDetections]] = {}
+    rec = None
+    key = None
+    folder = None
+    for sc in scenes:
+        ctx = ev.prepare(model_dir, sc.dataset, recipe, log=lambda _m: None, calibrations=False,
+                         digital=False)
+        rec = ctx.recipe.eval
+        key = ev.method_aggregator(ctx, 'disac')
+        if key is None:
+            raise ConfigError('out', f'{model_dir}: no shipped aggregator to calibrate')
+        folder = ctx.aggregator_dirs[key]
+        floor = max(rec.fusion_min_score, THRESHOLDS[0])
+        grid = tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
+        kmax = len(ctx.device_ids)
+        for k in range(1, kmax + 1):
+            slot: int | str = 'all' if k == kmax else k
+            frames = pooled.setdefault(slot, [])
+
+            def keep(fused: FusedDetections, gt: Any, frames: list = frames) -> None:
+                frames.append(FrameDetections(fused.score, fused.class_probs, fused.position,
+                                              np.asarray(gt.classes, np.int64),
+                                              np.asarray(gt.position, np.float64).reshape(-1, 2)))
+            for subset in (subsets(kmax, k, max_subsets) if k < kmax else [tuple(range(kmax))]):
+                cond = ev.Condition('calibration', rec.reference_snr_db, rec.reference_fading,
+                                    list(subset), rec.nominal_distance_m)
+                ev.run_condition(ctx, 'disac', cond, calibrated=False,
+                                 threshold=min(grid[0], rec.score_threshold), on_frame=keep)
+    if rec is None or folder is None or 'all' not in pooled:
+        raise ConfigError('val', 'no validation scenes to calibrate on')
+    floor = max(rec.fusion_min_score, THRESHOLDS[0])
+    grid = tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
+    fits = {k: _fit(frames, rec, grid) for k, frames in pooled.items() if frames}
+    top, info = fits['all']
+    by_k = {int(k): fits[k][0] for k in fits if k != 'all'}
+    cal = Calibration(top.class_weights, top.class_thresholds, by_k)
+    info = {'fitted_on': [str(sc.dataset.root) for sc in scenes], 'method': 'disac',
+            'snr_db': rec.reference_snr_db, 'fading': rec.reference_fading,
+            'distance_m': rec.nominal_distance_m, 'score_threshold': rec.score_threshold,
+            'devices': 'all of each scene', 'scenes': len(scenes), **info}
+    path = save_calibration(folder, cal, info, {int(k): fits[k][1] for k in fits if k != 'all'})
+    for k in sorted(fits, key=str):
+        c, m = fits[k]
+        log(f'calibrated {path.parent.name}, {k} devices: weights '
+            f'{", ".join(f"{w:.3f}" for w in c.class_weights)}, thresholds '
+            f'{", ".join(f"{t:.2f}" for t in c.class_thresholds)}; validation accuracy '
+            f'{m["accuracy_before"]:.4f} -> {m["accuracy_after"]:.4f}, precision '
+            f'{m["precision_before"]:.3f} -> {m["precision_after"]:.3f}')
+    return {'folder': str(path.parent), 'class_weights': list(cal.class_weights),
+            'class_thresholds': list(cal.class_thresholds), **info}

@@ -38,8 +38,9 @@ from disac_ros.core.training.stage2 import stage2_dir
 SHIPPED_DEVICE_MODELS = ('detector', 'encoder')
 MODEL_CARD = 'MODEL_CARD.md'
 DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Per class', 'Comparisons')
-_MODEL_JSON_KEYS = ('format', 'format_version', 'devices', 'shipped_decoder', 'recipe',
-                    'decoder_val_nmse_db', 'timing_s')
+_MODEL_JSON_KEYS = ('format', 'format_version', 'devices', 'device_agnostic', 'shipped_decoder',
+                    'recipe', 'decoder_val_nmse_db', 'timing_s', 'data', 'wall_s',
+                    'calibration')
 
 
 class ExportError(DisacError):
@@ -131,8 +132,12 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
         f'Exported {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")} '
         f'from `{source}` by `disac-train export`; {size_bytes / 1e6:.2f} MB.', '',
         '## Contents', '',
-        f'* devices: {", ".join(model.get("devices", []))} (stage-1 RVFN + semantic encoder '
-        'each, `stage1/both/<device>/checkpoint`)',
+        ('* devices: any id, any number: ONE shared stage-1 RVFN + semantic encoder for every '
+         'vehicle and roadside unit (`stage1/both/shared/checkpoint`, trained federated with '
+         'Flower FedAvg), TRAM with relative geometry (no per-id parameter, no absolute map)'
+         if model.get('device_agnostic') else
+         f'* devices: {", ".join(model.get("devices", []))} (stage-1 RVFN + semantic encoder '
+         'each, `stage1/both/<device>/checkpoint`)'),
         f'* shipped decoder: `{model.get("shipped_decoder", "mlp")}` '
         f'(`decoders/both/{model.get("shipped_decoder", "mlp")}/checkpoint`'
         + ('; each device\'s stage-1 decoder, trained with its encoder on its own data'

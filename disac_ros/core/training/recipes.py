@@ -21,7 +21,9 @@ from disac_ros.core.errors import ConfigError
 from disac_ros.core.models import config as mc
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / 'config'
-RECIPE_FILES = {'default': 'train_default.yaml', 'quick': 'train_quick.yaml'}
+RECIPE_FILES = {'default': 'train_default.yaml', 'quick': 'train_quick.yaml',
+                'generalist': 'train_generalist.yaml',
+                'quick_generalist': 'train_quick_generalist.yaml'}
 # Receiver decoder kinds (training.decoder): the trained ones, then 'device' (collected).
 DECODER_KINDS = ('mlp', 'llm', 'llm_no_channel_tokens', 'device')
 
@@ -116,10 +118,17 @@ class Stage1Recipe:
     # the perception (RVFN + local head): a fine-tune that leaves the channel code, and so every
     # receiver decoder trained on it, valid.
     freeze_codec: bool = False
+    # Device-agnostic models (one shared network, trained by Flower FedAvg on every device's own
+    # data; training.federated): rounds, devices per round and local steps per device and
+    # round. eval_every / checkpoint_every then count rounds; warmup_steps and decay_steps count
+    # local steps (converted to rounds).
+    rounds: int = 100
+    clients_per_round: int = 4
+    local_steps: int = 20
 
     def __post_init__(self) -> None:
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every',
-                     'proxy_decoder_hidden'):
+                     'proxy_decoder_hidden', 'rounds', 'clients_per_round', 'local_steps'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
         _check(self.lr > 0, 'lr', 'must be > 0')
         _check_schedule(self.lr_schedule, self.decay_steps)
@@ -357,7 +366,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     text = str(name_or_path)
     path = CONFIG_DIR / RECIPE_FILES[text] if text in RECIPE_FILES else Path(text)
     if not path.is_file():
-        if text in RECIPE_FILES:
+        if text in ('default', 'quick'):
             # Installed without the config folder: fall back to the built-in values.
             return quick_recipe() if text == 'quick' else Recipe()
         raise ConfigError('recipe', f'{path}: no such recipe file (or use default/quick)')

@@ -290,9 +290,28 @@ def export_stage1(train: DisacDataset, device_id: str, out: str | Path,
             'wall_s': round(time.perf_counter() - t0, 2)}
 
 
+def is_device_agnostic(out: str | Path) -> bool:
+    """True when the model folder holds one shared device network for every device id
+    (``model.json``: ``device_agnostic``; see :mod:`disac_ros.core.training.generalist`)."""
+    import json
+    path = Path(out) / 'model.json'
+    try:
+        return bool(json.loads(path.read_text()).get('device_agnostic', False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def model_device(out: str | Path, device_id: str) -> str:
+    """The model's device entry whose weights ``device_id`` runs: itself, or the shared one."""
+    from disac_ros.core.training.federated import SHARED_DEVICE
+    return SHARED_DEVICE if is_device_agnostic(out) else device_id
+
+
 def load_device_models(out: str | Path, modalities: str, device_id: str) -> dict[str, Any]:
-    """Load a device's stage-1 models (built from their saved configs)."""
+    """Load a device's stage-1 models (built from their saved configs); any device id of a
+    device-agnostic model loads the shared network."""
     from disac_ros.core.models.checkpoint import load_checkpoint
+    device_id = model_device(out, device_id)
     ckpt = load_checkpoint(stage1_dir(out, modalities, device_id) / 'checkpoint')
     for m in ckpt.models.values():
         m.eval()

@@ -1,0 +1,115 @@
+"""Evaluate a model on many scenes at once: unseen scenes of a family, a held-out topology, or
+one plain test split, pooled and per scene, side by side.
+
+Per scene this runs the same deployed pipeline as :mod:`evaluate` (each device's own network on
+its own test view, the channel, the receiver decoder, the aggregator, the merge and the
+calibration for the number of present devices) through :func:`evaluate.run_condition`, and pools
+the per-frame detections of every scene into one :class:`DetectionStats` per condition, so the
+pooled accuracy is over all objects of all scenes (not a mean of scene means).
+
+Conditions: every device present at Rayleigh ``snr`` dB for each of ``snr_db``; and the device
+count sweep at the reference SNR: for k = 1 .. K, up to ``max_subsets`` of the k-device subsets
+of each scene, pooled (so "more devices never score lower" can be read off per k).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from disac_ros.core.evaluation.evaluate import Condition, load_recipe_of, prepare, run_condition
+from disac_ros.core.evaluation.metrics import DetectionStats
+
+SUMMARY_KEYS = ('accuracy', 'precision', 'recall', 'class_accuracy', 'position_rmse_m',
+                'velocity_rmse_m', 'num_gt')
+
+
+def _pooled_row(stats: DetectionStats) -> dict[str, Any]:
+    s = stats.summary()
+    row = {k: s[k] for k in SUMMARY_KEYS if k in s}
+    row['per_class_accuracy'] = stats.per_class()['per_class_accuracy']
+    return row
+
+
+def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
+                    snr_db: Sequence[float] = (0.0, 10.0), fading: str = 'rayleigh',
+                    max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
+                    calibrated: bool = True, log: Callable[[str], None] = print
+                    ) -> dict[str, Any]:
+    """
+    Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
+    :func:`disac_ros.core.family_dataset.load_scenes`).
+
+    :return: ``{'pooled': {method: {condition: row}}, 'scenes': [{name, topology, devices,
+        method: {condition: row}}], 'k_sweep': {method: {k: row}}, 'frames', 'wall_s'}``;
+        condition names are ``'all@<snr>dB'`` and ``'k=<k>@<ref>dB'``.
+    """
+    from dataclasses import replace
+    t0 = time.perf_counter()
+    recipe = load_recipe_of(Path(checkpoint))
+    if max_frames:
+        recipe = replace(recipe, eval=replace(recipe.eval, max_frames=int(max_frames)))
+    ref = recipe.eval.reference_snr_db
+    gate = recipe.eval.match_gate_m
+    pooled: dict[str, dict[str, DetectionStats]] = defaultdict(dict)
+    per_scene = []
+    frames = 0
+    for sc in scenes:
+        ctx = prepare(checkpoint, sc.dataset, recipe, log=lambda _m: None, digital=False)
+        k = len(ctx.device_ids)
+        frames += len(ctx.frames)
+        conds: dict[str, list[Condition]] = {}
+        for s in snr_db:
+            conds[f'all@{s:g}dB'] = [Condition('snr', float(s), fading, list(range(k)),
+                                               recipe.eval.nominal_distance_m)]
+        from disac_ros.core.training.generalist import subsets
+        for size in range(1, k + 1):
+            conds[f'k={size}@{ref:g}dB'] = [
+                Condition('devices', ref, recipe.eval.reference_fading, list(sub),
+                          recipe.eval.nominal_distance_m) for sub in subsets(k, size, max_subsets)]
+        row: dict[str, Any] = {'name': sc.name, 'topology': getattr(sc, 'topology', ''),
+                               'devices': list(ctx.device_ids), 'frames': int(len(ctx.frames))}
+        for method in methods:
+            row[method] = {}
+            for cname, clist in conds.items():
+                own = DetectionStats(gate)
+                shared = pooled[method].setdefault(cname, DetectionStats(gate))
+                ran = False
+                for cond in clist:
+                    def keep(fused: Any, gt: Any, own: DetectionStats = own,
+                             shared: DetectionStats = shared) -> None:
+                        for st in (own, shared):
+                            st.add_frame((fused.class_index + 1).astype(np.int64),
+                                         fused.position, fused.velocity, gt.classes,
+                                         gt.position, gt.velocity)
+                    res = run_condition(ctx, method, cond, calibrated=calibrated, on_frame=keep)
+                    ran = ran or res is not None
+                if ran:
+                    row[method][cname] = _pooled_row(own)
+        per_scene.append(row)
+        acc = row[methods[0]].get(f'all@{ref:g}dB', {}).get('accuracy', float('nan'))
+        log(f'{sc.name} ({row["topology"]}, {k} devices, {row["frames"]} frames): '
+            f'{methods[0]} accuracy {acc:.3f} at {ref:g} dB ({time.perf_counter() - t0:.0f} s)')
+    out_pooled = {m: {c: _pooled_row(st) for c, st in conds_.items() if st.num_gt}
+                  for m, conds_ in pooled.items()}
+    k_sweep = {m: {int(c.split('@')[0][2:]): r for c, r in rows.items() if c.startswith('k=')}
+               for m, rows in out_pooled.items()}
+    return {'pooled': out_pooled, 'k_sweep': k_sweep, 'scenes': per_scene,
+            'num_scenes': len(scenes), 'frames': frames,
+            'wall_s': round(time.perf_counter() - t0, 1)}
+
+
+def markdown(result: dict[str, Any], title: str) -> str:
+    """A short Markdown report of :func:`evaluate_scenes`' result."""
+    lines = [f'## {title}', '', f'{result["num_scenes"]} scenes, {result["frames"]} frames.', '']
+    for method, rows in result['pooled'].items():
+        lines += [f'### {method}', '', '| condition | accuracy | precision | recall | '
+                  'position RMSE (m) | objects |', '|---|---|---|---|---|---|']
+        for cname, r in rows.items():
+            lines.append(f'| {cname} | {r["accuracy"]:.3f} | {r["precision"]:.3f} | '
+                         f'{r["recall"]:.3f} | {r["position_rmse_m"]:.2f} | {r["num_gt"]} |')
+        lines.append('')
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,403 @@
+"""Device-agnostic models trained on many scenes: the pipeline behind ``disac-train all`` on a
+family dataset (``disac-dataset family``) or any list of scene datasets.
+
+What makes the result work at a site it never saw, with ids it never saw:
+
+* **one shared device network** (RVFN + grid head + semantic encoder + its decoder) for every
+  device of every scene, trained federated with Flower (:mod:`federated`): each device trains
+  on its own frames, only weights reach the aggregation center;
+* **one receiver decoder** for every device: the shared encoder's partner decoder, trained end
+  to end with it through the simulated channel (SNR and distance as inputs);
+* **an aggregator with no per-id parameter and no absolute map**: TRAM in
+  ``geometry='relative'`` (cells attend to each other by ground distance; detections are made
+  in each device's frame and placed with its pose), trained on scenes with 2-6 devices and
+  random device dropout, so any K works at run time.
+
+Model folder (``OUT``), the same layout as the per-device pipeline with one device entry
+``shared`` (``model.json``: ``"device_agnostic": true``)::
+
+    stage1/both/shared/checkpoint        detector, encoder, proxy_decoder (shared by all)
+    stage1/both/shared/exports/<split>/<scene>/<device>.npz   what each device transmitted
+    decoders/both/mlp/checkpoint         the shared decoder (the proxy decoder, collected)
+    stage2/both_tram/checkpoint          TRAM (relative geometry)
+
+Every stage resumes exactly (``resume=True``): stage 1 from its last saved round, stage 2 from
+its last saved step, with the same batches as an uninterrupted run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import itertools
+import json
+from pathlib import Path
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.evaluation.metrics import DetectionStats
+from disac_ros.core.models.channel import WirelessChannel
+from disac_ros.core.models.checkpoint import save_checkpoint
+from disac_ros.core.models.losses import build_criterion
+from disac_ros.core.training import common
+from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, collate_targets,
+                                          load_export, save_export)
+from disac_ros.core.training.decoder import decoder_dir, validate_decoder
+from disac_ros.core.training.federated import (SHARED_DEVICE, DeviceClient, train_federated)
+from disac_ros.core.training.logging import LossLog, progress
+from disac_ros.core.training.recipes import Recipe
+from disac_ros.core.training.stage1 import encode_frames, stage1_dir, validate
+from disac_ros.core.training.stage2 import (FleetExports, build_aggregator, decode_fleet,
+                                            stage2_dir)
+
+MODALITIES = 'both'
+MAX_VAL_FRAMES_PER_DEVICE = 12      # stage-1 validation: frames per validation device
+
+
+def load_scene_list(path: str | Path) -> list[Any]:
+    """Scenes of a family dataset folder, or the one scene of a plain dataset folder."""
+    from disac_ros.core.family_dataset import load_scenes
+    scenes = load_scenes(path)
+    if not scenes:
+        raise ConfigError('data', f'{path}: no scenes')
+    return scenes
+
+
+def merge_frames(parts: Sequence[DeviceFrames], name: str = 'pooled') -> DeviceFrames:
+    """One :class:`DeviceFrames` holding the frames of several (for pooled validation only:
+    training never mixes devices' data)."""
+    out = DeviceFrames.__new__(DeviceFrames)
+    out.device_id = name
+    out.modalities = parts[0].modalities
+    out.frame_index = np.concatenate([p.frame_index for p in parts])
+    out.images = torch.cat([p.images for p in parts])
+    out.rf = torch.cat([p.rf for p in parts])
+    out.pose = np.concatenate([p.pose for p in parts])
+    out.time_s = np.concatenate([p.time_s for p in parts])
+    out.objects = [o for p in parts for o in p.objects]
+    return out
+
+
+def device_frames(scenes: Sequence[Any], limit: int = 0) -> list[tuple[str, str, DeviceFrames]]:
+    """(scene name, device id, that device's own frames) for every device of every scene;
+    ``limit`` > 0 keeps that many frames per device, spread over its run."""
+    out = []
+    for sc in scenes:
+        ds = sc.dataset
+        for dev in ds.device_ids:
+            view = ds.device_view(dev)
+            idx = None
+            if limit > 0 and len(view) > limit:
+                idx = np.unique(np.linspace(0, len(view) - 1, limit).round().astype(int))
+            out.append((sc.name, dev, DeviceFrames(view, MODALITIES, indices=idx)))
+    return out
+
+
+def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Recipe,
+                        val_scenes: Sequence[Any] = (), resume: bool = False,
+                        show_progress: bool = True, log: Callable[[str], None] = print
+                        ) -> dict[str, Any]:
+    """Federated stage 1 over every device of ``train_scenes``, then every device's exports
+    (train and val scenes). Returns the summary (also ``stage1/both/shared/summary.json``)."""
+    common.set_threads(recipe.threads)
+    folder = stage1_dir(out, MODALITIES, SHARED_DEVICE)
+    t0 = time.perf_counter()
+    train = device_frames(train_scenes)
+    clients = [DeviceClient(f'{s}/{d}', fr, recipe) for s, d, fr in train]
+    log(f'stage 1: {len(clients)} devices in {len(train_scenes)} scenes, '
+        f'{sum(len(c.frames) for c in clients)} device-frames (loaded in '
+        f'{time.perf_counter() - t0:.0f} s)')
+    val = device_frames(val_scenes, MAX_VAL_FRAMES_PER_DEVICE) if val_scenes else []
+    pooled = merge_frames([fr for _, _, fr in val]) if val else None
+    criterion = build_criterion(recipe.loss, recipe.head)
+    channel = WirelessChannel(recipe.channel)
+
+    def validate_fn(models: dict[str, torch.nn.Module]) -> dict[str, float]:
+        assert pooled is not None
+        return validate(models, pooled, recipe, criterion, channel)
+
+    meta = {'stage': 'stage1', 'device_id': SHARED_DEVICE, 'modalities': MODALITIES,
+            'recipe': recipe.to_dict(), 'device_agnostic': True,
+            'seeds': {'recipe_seed': recipe.seed,
+                      'train_scene_seeds': [getattr(s, 'seed', None) for s in train_scenes]},
+            'data': {'train_scenes': [s.name for s in train_scenes],
+                     'train_device_frames': sum(len(c.frames) for c in clients)}}
+    res = train_federated(clients, folder, recipe, recipe.stage1.rounds,
+                          validate_fn if pooled is not None else None, resume=resume,
+                          show_progress=show_progress, meta=meta)
+    models = res.pop('models')
+    for m in models.values():
+        m.eval()
+    t1 = time.perf_counter()
+    export_scenes(models, train, folder / 'exports' / 'train')
+    if val_scenes:
+        export_scenes(models, device_frames(val_scenes), folder / 'exports' / 'val')
+    summary = {**res, 'device_id': SHARED_DEVICE, 'modalities': MODALITIES,
+               'steps': res['rounds'] * res['clients_per_round'] * res['local_steps'],
+               'export_s': round(time.perf_counter() - t1, 2)}
+    common.write_json(folder / 'summary.json', summary)
+    return summary
+
+
+def export_scenes(models: dict[str, torch.nn.Module], frames: Sequence[tuple[str, str,
+                                                                            DeviceFrames]],
+                  root: Path) -> None:
+    """Each device's transmitted symbols (and feature targets) for its frames."""
+    for scene, dev, fr in frames:
+        syms, feats = encode_frames(models['detector'], models['encoder'], fr)  # type: ignore
+        save_export(root / scene / f'{dev}.npz', dev, syms, feats, fr.frame_index, fr.time_s,
+                    fr.pose)
+
+
+def scene_exports(out: str | Path, split: str, scene: str) -> dict[str, dict]:
+    """device id -> export of one scene's devices."""
+    root = stage1_dir(out, MODALITIES, SHARED_DEVICE) / 'exports' / split / scene
+    if not root.is_dir():
+        raise ConfigError('stage1', f'{root}: no exports for scene {scene!r} ({split}); run '
+                                    'stage 1 on this data first')
+    return {p.stem: load_export(p) for p in sorted(root.glob('*.npz'))}
+
+
+def collect_shared_decoder(out: str | Path, recipe: Recipe,
+                           val_scenes: Sequence[Any] = ()) -> dict[str, Any]:
+    """Ship the shared encoder's stage-1 partner decoder as the receiver's one decoder
+    (``decoders/both/mlp``), with its validation NMSE per SNR and fading."""
+    from disac_ros.core.training.stage1 import load_device_models
+    models = load_device_models(out, MODALITIES, SHARED_DEVICE)
+    dec = models['proxy_decoder']
+    split = 'val' if val_scenes else 'train'
+    sym, feat = [], []
+    root = stage1_dir(out, MODALITIES, SHARED_DEVICE) / 'exports' / split
+    for p in sorted(root.glob('*/*.npz')):
+        e = load_export(p)
+        sym.append(e['symbols'])
+        feat.append(e['feature'])
+    if not sym:
+        raise ConfigError('stage1', f'{root}: no exports to validate the decoder on')
+    rng = np.random.default_rng(recipe.eval.seed)
+    x, f = np.concatenate(sym), np.concatenate(feat)
+    pick = rng.choice(len(x), size=min(len(x), recipe.decoder.val_packets), replace=False)
+    val_nmse = validate_decoder(dec, x[pick], f[pick], recipe, recipe.eval.seed)
+    summary = {'kind': 'mlp', 'modalities': MODALITIES, 'steps_done': 0, 'resumed_from': 0,
+               'source': 'the shared stage-1 decoder (trained end to end with the shared '
+                         'encoder, federated)', 'val_nmse_db': val_nmse,
+               'trainable_params': sum(p.numel() for p in dec.parameters())}
+    folder = decoder_dir(out, MODALITIES, 'mlp')
+    save_checkpoint(folder / 'checkpoint', {'decoder': dec},
+                    {'stage': 'decoder', 'kind': 'mlp', 'modalities': MODALITIES,
+                     'recipe': recipe.to_dict(), 'device_agnostic': True, 'metrics': summary})
+    common.write_json(folder / 'summary.json', summary)
+    return summary
+
+
+@dataclass
+class SceneFleet:
+    """One scene's aggregator-side training data: labels and every device's exports."""
+
+    name: str
+    labels: AggregatorLabels
+    fleet: FleetExports
+
+
+def scene_fleets(scenes: Sequence[Any], out: str | Path, split: str) -> list[SceneFleet]:
+    """Labels + exports of every scene (no raw sensor data is read)."""
+    res = []
+    for sc in scenes:
+        labels = AggregatorLabels(sc.dataset)
+        fleet = FleetExports.from_exports(scene_exports(out, split, sc.name),
+                                          sc.dataset.device_ids, len(labels))
+        res.append(SceneFleet(sc.name, labels, fleet))
+    return res
+
+
+def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Recipe,
+                        val_scenes: Sequence[Any] = (), resume: bool = False,
+                        show_progress: bool = True, steps: int | None = None,
+                        fresh_optimizer: bool = False) -> dict[str, Any]:
+    """TRAM over decoded features of many scenes: each step draws one scene (by frame count)
+    and a batch of its frames, sends every device's symbols over fresh random links, decodes
+    them with the shared decoder, drops devices at random (>= 1 kept) and trains TRAM on the
+    objects the present devices sense."""
+    from disac_ros.core.training.decoder import load_decoder
+    common.set_threads(recipe.threads)
+    r2 = recipe.stage2
+    total = int(steps if steps is not None else r2.steps)
+    train = scene_fleets(train_scenes, out, 'train')
+    val = scene_fleets(val_scenes, out, 'val') if val_scenes else []
+    weights = np.array([len(s.labels) for s in train], dtype=np.float64)
+    weights /= weights.sum()
+    decoder = load_decoder(out, MODALITIES, 'mlp', recipe)
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    folder = stage2_dir(out, MODALITIES, 'tram')
+    ckpt_dir = folder / 'checkpoint'
+    torch.manual_seed(recipe.seed + 11)
+    model = build_aggregator(recipe, 'tram')
+    params = common.trainable(model)
+    opt = common.make_optimizer([{'params': params, 'lr': r2.lr}], r2.weight_decay)
+    start = 0
+    if resume and (ckpt_dir / 'config.json').is_file():
+        start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model},
+                                                    None if fresh_optimizer else opt)
+    log = LossLog(folder, resume_from=start if resume else None)
+    criterion = build_criterion(recipe.loss, recipe.tram.head)
+    channel = WirelessChannel(recipe.channel)
+    meta = {'stage': 'stage2', 'modalities': MODALITIES, 'aggregator': 'tram', 'decoder': 'mlp',
+            'devices': [SHARED_DEVICE], 'device_agnostic': True, 'recipe': recipe.to_dict(),
+            'seeds': {'recipe_seed': recipe.seed},
+            'data': {'train_scenes': [s.name for s in train]},
+            'inputs': 'device exports (symbols, pose) + world-frame labels; no raw sensor data'}
+    metrics: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    bar = progress(total, start, f'stage2 tram ({len(train)} scenes)', show_progress)
+    for step in range(start, total):
+        model.train()
+        rng = common.step_rng(recipe.seed, 'stage2', step)
+        sc = train[int(rng.choice(len(train), p=weights))]
+        fleet, labels = sc.fleet, sc.labels
+        b, k = r2.batch_size, len(fleet.device_ids)
+        idx = rng.choice(len(labels), size=b, replace=len(labels) < b)
+        present = rng.random((b, k)) >= r2.device_dropout
+        none = ~present.any(axis=1)
+        present[none, rng.integers(0, k, size=int(none.sum()))] = True
+        feats, link = decode_fleet(fleet, torch.as_tensor(idx), decoder, channel, recipe, rng)
+        on = [[fleet.slots[j] for j in range(k) if present[n, j]] for n in range(b)]
+        targets = collate_targets([labels.objects(int(i), on[n], MODALITIES)
+                                   for n, i in enumerate(idx)])
+        sensed = None
+        if r2.assign_to == 'sensing':
+            sensed = torch.zeros(b, targets.classes.shape[1], k, dtype=torch.bool)
+            for n, i in enumerate(idx):
+                f = labels.sensed_by(int(i), on[n], fleet.slots, MODALITIES)
+                sensed[n, :len(f)] = torch.from_numpy(f)
+        present_t = torch.as_tensor(present)
+        pose = fleet.pose[idx]
+        out_ = model(feats, present_t, pose, link)
+        loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t,
+                           sensed=sensed)
+        loss = loss_d['loss']
+        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
+        opt.step()
+        done = step + 1
+        row = {'step': step, 'scene': sc.name, 'devices': k, 'loss': loss.item(),
+               'loss_class': loss_d['loss_class'].item(),
+               'loss_position': loss_d['loss_position'].item(),
+               'elapsed_s': round(log.elapsed(), 2)}
+        if val and (done % r2.eval_every == 0 or done == total):
+            metrics = validate_scenes(model, decoder, val, recipe)
+            row.update({f'val_{key}': v for key, v in metrics.items()})
+        log.write(row)
+        bar.update(1)
+        bar.set_postfix(loss=f'{loss.item():.3f}')
+        if done % r2.checkpoint_every == 0 or done == total:
+            common.save_training_checkpoint(ckpt_dir, {'aggregator': model}, opt, done,
+                                            {**meta, 'metrics': metrics})
+    bar.close()
+    if start >= total:
+        _, saved = common.load_training_checkpoint(ckpt_dir, {'aggregator': model}, None)
+        metrics = dict(saved.get('metrics') or {})
+    rows = log.read()
+    n10 = max(1, len(rows) // 10)
+    summary = {'modalities': MODALITIES, 'aggregator': 'tram', 'decoder': 'mlp',
+               'steps': total, 'resumed_from': start, 'scenes': len(train),
+               'wall_s': round(time.perf_counter() - t0, 2),
+               'loss_first': float(np.mean([r['loss'] for r in rows[:n10]])) if rows else None,
+               'loss_last': float(np.mean([r['loss'] for r in rows[-n10:]])) if rows else None,
+               'metrics': metrics}
+    common.write_json(folder / 'summary.json', summary)
+    return summary
+
+
+@torch.no_grad()
+def validate_scenes(model: torch.nn.Module, decoder: torch.nn.Module,
+                    scenes: Sequence[SceneFleet], recipe: Recipe) -> dict[str, float]:
+    """World-frame detection metrics pooled over scenes: every device present, 10 dB Rayleigh
+    at the nominal distance, the recipe's single threshold."""
+    from disac_ros.core.training.decoder import decode
+    model.eval()
+    stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
+    channel = WirelessChannel(recipe.channel)
+    gen = torch.Generator().manual_seed(recipe.eval.seed)
+    for sc in scenes:
+        fleet, labels = sc.fleet, sc.labels
+        k = len(fleet.device_ids)
+        for start in range(0, len(labels), 32):
+            idx = torch.arange(start, min(start + 32, len(labels)))
+            b = len(idx)
+            x = fleet.symbols[idx].reshape(b * k, *fleet.symbols.shape[2:])
+            snr = torch.full((b * k,), recipe.eval.reference_snr_db)
+            dist = torch.full((b * k,), recipe.eval.nominal_distance_m)
+            y = channel(x, dist, snr, fading=recipe.eval.reference_fading, generator=gen).y
+            fhat = decode(decoder, y, snr, dist).view(b, k, -1)
+            link = torch.stack((snr, dist), -1).view(b, k, 2)
+            pred = model(fhat, torch.ones(b, k, dtype=torch.bool), fleet.pose[idx],
+                         link).prediction
+            targets = collate_targets([labels.objects(int(i), fleet.slots, MODALITIES)
+                                       for i in idx])
+            stats.add_batch(pred, targets, recipe.eval.score_threshold)
+    s = stats.summary()
+    return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
+
+
+def write_model_json(out: str | Path, recipe: Recipe, extra: dict[str, Any]) -> dict[str, Any]:
+    """``model.json`` and ``recipe.json`` of a device-agnostic model folder."""
+    out = Path(out)
+    data = {'format': 'disac_ros.model', 'format_version': 1, 'devices': [SHARED_DEVICE],
+            'device_agnostic': True, 'shipped_decoder': 'mlp', 'variants': [MODALITIES],
+            **extra}
+    common.write_json(out / 'model.json', data)
+    common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
+    return data
+
+
+def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
+                     val: str | Path | None = None, resume: bool = False,
+                     show_progress: bool = True, log: Callable[[str], None] = print
+                     ) -> dict[str, Any]:
+    """The whole device-agnostic pipeline from scratch (or resumed): stage 1 (federated),
+    the shared decoder, stage 2, then ``model.json``."""
+    t0 = time.perf_counter()
+    train_scenes = load_scene_list(train)
+    val_scenes = load_scene_list(val) if val else []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
+    s1 = train_shared_stage1(train_scenes, out, recipe, val_scenes, resume, show_progress, log)
+    log(f'stage 1 done: {s1["rounds"]} rounds in {s1["wall_s"]:.0f} s; metrics '
+        f'{json.dumps({k: round(v, 3) for k, v in s1["metrics"].items() if isinstance(v, float)})}')
+    dec = collect_shared_decoder(out, recipe, val_scenes)
+    log(f'decoder: validation NMSE {dec["val_nmse_db"]}')
+    s2 = train_shared_stage2(train_scenes, out, recipe, val_scenes, resume, show_progress)
+    log(f'stage 2 done: {s2["steps"]} steps in {s2["wall_s"]:.0f} s; validation {s2["metrics"]}')
+    write_model_json(out, recipe, {})     # calibration reads the folder as a model
+    cal = None
+    if val_scenes:
+        from disac_ros.core.training.calibration import calibrate_scenes
+        t1 = time.perf_counter()
+        cal = calibrate_scenes(out, val_scenes, recipe, log=log)
+        cal['wall_s'] = round(time.perf_counter() - t1, 1)
+    info = write_model_json(out, recipe, {
+        'calibration': {'both_tram': cal} if cal else {},
+        'stage1': {f'{MODALITIES}/{SHARED_DEVICE}': s1}, 'decoder': dec,
+        'stage2': {f'{MODALITIES}_tram': s2},
+        'decoder_val_nmse_db': {'mlp': dec['val_nmse_db'].get('mean')
+                                if isinstance(dec['val_nmse_db'], dict) else None},
+        'data': {'train': str(Path(train).resolve()),
+                 'val': str(Path(val).resolve()) if val else None,
+                 'train_scenes': len(train_scenes), 'val_scenes': len(val_scenes)},
+        'wall_s': round(time.perf_counter() - t0, 1)})
+    return info
+
+
+def subsets(k: int, size: int, limit: int = 6) -> list[tuple[int, ...]]:
+    """Up to ``limit`` of the size-``size`` subsets of range(k), spread deterministically."""
+    combos = list(itertools.combinations(range(k), size))
+    if len(combos) <= limit:
+        return combos
+    pick = np.unique(np.linspace(0, len(combos) - 1, limit).round().astype(int))
+    return [combos[i] for i in pick]
