@@ -190,3 +190,17 @@ def test_site_adaptation_improves_a_toy_site(model, tmp_path):
     assert 'adapted' not in json.loads((model / 'model.json').read_text())
     assert train_cli.main(['adapt', '--scenario', str(site), '--from', str(model), '--out',
                            str(out), '--renderer', 'none', '--no-progress']) == 2
+
+
+def test_disac_eval_scores_sets_of_scenes_side_by_side(model, scenes, tmp_path):
+    from disac_ros.tools import eval_cli
+    out = tmp_path / 'res'
+    assert eval_cli.main(['--checkpoint', str(model), '--out', str(out), '--scenes',
+                          f'unseen={scenes["val"]}', f'seen={scenes["train"]}', '--snr', '10',
+                          '--max-frames', '4', '--threads', '1']) == 0
+    res = json.loads((out / 'scenes.json').read_text())
+    assert set(res) == {'unseen', 'seen'} and res['seen']['num_scenes'] == 3
+    table = (out / 'scenes.md').read_text()
+    assert '| | unseen | seen |' in table and 'accuracy, K = 1 (subsets)' in table
+    assert eval_cli.main(['--checkpoint', str(model), '--out', str(out), '--scenes',
+                          'nothing']) == 2

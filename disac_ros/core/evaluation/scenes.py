@@ -37,8 +37,8 @@ def _pooled_row(stats: DetectionStats) -> dict[str, Any]:
 def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                     snr_db: Sequence[float] = (0.0, 10.0), fading: str = 'rayleigh',
                     max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
-                    calibrated: bool = True, log: Callable[[str], None] = print
-                    ) -> dict[str, Any]:
+                    calibrated: bool = True, log: Callable[[str], None] = print,
+                    recipe: Any = None) -> dict[str, Any]:
     """
     Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
     :func:`disac_ros.core.family_dataset.load_scenes`).
@@ -49,7 +49,7 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
     """
     from dataclasses import replace
     t0 = time.perf_counter()
-    recipe = load_recipe_of(Path(checkpoint))
+    recipe = recipe or load_recipe_of(Path(checkpoint))
     if max_frames:
         recipe = replace(recipe, eval=replace(recipe.eval, max_frames=int(max_frames)))
     ref = recipe.eval.reference_snr_db
@@ -102,14 +102,40 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
             'wall_s': round(time.perf_counter() - t0, 1)}
 
 
-def markdown(result: dict[str, Any], title: str) -> str:
-    """A short Markdown report of :func:`evaluate_scenes`' result."""
-    lines = [f'## {title}', '', f'{result["num_scenes"]} scenes, {result["frames"]} frames.', '']
-    for method, rows in result['pooled'].items():
-        lines += [f'### {method}', '', '| condition | accuracy | precision | recall | '
-                  'position RMSE (m) | objects |', '|---|---|---|---|---|---|']
-        for cname, r in rows.items():
-            lines.append(f'| {cname} | {r["accuracy"]:.3f} | {r["precision"]:.3f} | '
-                         f'{r["recall"]:.3f} | {r["position_rmse_m"]:.2f} | {r["num_gt"]} |')
-        lines.append('')
-    return '\n'.join(lines) + '\n'
+def _f(v: Any, nd: int = 3) -> str:
+    return '—' if v is None or (isinstance(v, float) and not np.isfinite(v)) else f'{v:.{nd}f}'
+
+
+def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
+                 reference_snr_db: float = 10.0) -> str:
+    """Markdown: one column per evaluated set (e.g. unseen scenes, held-out topology,
+    default.yaml), rows = the paper's metrics at the reference condition, 0 dB, per class and
+    the device-count sweep."""
+    names = list(results)
+    ref = f'all@{reference_snr_db:g}dB'
+    head = ['| | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+    rows: list[tuple[str, list[str]]] = []
+
+    def get(name: str, cond: str) -> dict[str, Any]:
+        return results[name]['pooled'].get(method, {}).get(cond, {})
+    rows.append(('scenes / frames', [f'{results[n]["num_scenes"]} / {results[n]["frames"]}'
+                                     for n in names]))
+    rows.append((f'objects ({ref})', [str(get(n, ref).get('num_gt', '—')) for n in names]))
+    for key, label in (('accuracy', 'accuracy'), ('precision', 'precision'),
+                       ('recall', 'recall'), ('position_rmse_m', 'position RMSE (m)'),
+                       ('velocity_rmse_m', 'velocity RMSE (m/s)')):
+        rows.append((f'{label}, all devices, {reference_snr_db:g} dB',
+                     [_f(get(n, ref).get(key), 2 if 'rmse' in key else 3) for n in names]))
+    conds = sorted({c for n in names for c in results[n]['pooled'].get(method, {})
+                    if c.startswith('all@') and c != ref}, key=lambda c: float(c[4:-2]))
+    for c in conds:
+        rows.append((f'accuracy, all devices, {c[4:]}', [_f(get(n, c).get('accuracy'))
+                                                          for n in names]))
+    for cls in ('car', 'truck', 'pedestrian', 'cyclist'):
+        rows.append((f'{cls} accuracy ({reference_snr_db:g} dB)',
+                     [_f(get(n, ref).get('per_class_accuracy', {}).get(cls)) for n in names]))
+    kmax = max((max(results[n]['k_sweep'].get(method, {}) or [0]) for n in names), default=0)
+    for k in range(1, kmax + 1):
+        rows.append((f'accuracy, K = {k} (subsets)', [
+            _f(results[n]['k_sweep'].get(method, {}).get(k, {}).get('accuracy')) for n in names]))
+    return '\n'.join(head + [f'| {label} | ' + ' | '.join(v) + ' |' for label, v in rows]) + '\n'
