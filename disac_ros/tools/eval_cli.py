@@ -131,7 +131,9 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / 'scenes.json').write_text(json.dumps(results, indent=1, default=float))
     table = side_by_side(results, reference_snr_db=getattr(recipe, 'eval').reference_snr_db)
-    (out / 'scenes.md').write_text(f'# {ckpt} on {", ".join(results)}\n\n' + table)
+    (out / 'scenes.md').write_text(f'# {ckpt} on {", ".join(results)}\n\n'
+                                   f'## Generalisation (sets side by side; pooled over each '
+                                   f'set\'s scenes)\n\n' + table)
     print(table)
     return 0
 

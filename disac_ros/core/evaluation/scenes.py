@@ -97,9 +97,30 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                   for m, conds_ in pooled.items()}
     k_sweep = {m: {int(c.split('@')[0][2:]): r for c, r in rows.items() if c.startswith('k=')}
                for m, rows in out_pooled.items()}
-    return {'pooled': out_pooled, 'k_sweep': k_sweep, 'scenes': per_scene,
+    k_steps = {m: _k_steps(per_scene, m, ref) for m in methods}
+    return {'pooled': out_pooled, 'k_sweep': k_sweep, 'k_steps': k_steps, 'scenes': per_scene,
             'num_scenes': len(scenes), 'frames': frames,
             'wall_s': round(time.perf_counter() - t0, 1)}
+
+
+def _k_steps(per_scene: Sequence[dict[str, Any]], method: str, ref: float
+             ) -> dict[int, dict[str, float]]:
+    """Does adding a device help? For k -> k + 1: the mean over scenes (with >= k + 1 devices)
+    of each scene's accuracy at k + 1 minus at k, so the scene mix is the same on both sides
+    (the pooled K rows mix different scenes at different k)."""
+    out = {}
+    kmax = max((len(r['devices']) for r in per_scene), default=0)
+    for k in range(1, kmax):
+        diffs = []
+        for r in per_scene:
+            rows = r.get(method, {})
+            a, b = rows.get(f'k={k}@{ref:g}dB'), rows.get(f'k={k + 1}@{ref:g}dB')
+            if a and b and np.isfinite(a['accuracy']) and np.isfinite(b['accuracy']):
+                diffs.append(b['accuracy'] - a['accuracy'])
+        if diffs:
+            out[k] = {'mean_gain': float(np.mean(diffs)), 'min_gain': float(np.min(diffs)),
+                      'scenes': len(diffs)}
+    return out
 
 
 def _f(v: Any, nd: int = 3) -> str:
@@ -113,6 +134,11 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
     the device-count sweep."""
     names = list(results)
     ref = f'all@{reference_snr_db:g}dB'
+    # K keys are ints in memory and strings once read back from scenes.json
+    sweep = {n: {int(k): v for k, v in results[n]['k_sweep'].get(method, {}).items()}
+             for n in names}
+    steps = {n: {int(k): v for k, v in results[n].get('k_steps', {}).get(method, {}).items()}
+             for n in names}
     head = ['| | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
     rows: list[tuple[str, list[str]]] = []
 
@@ -134,8 +160,11 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
     for cls in ('car', 'truck', 'pedestrian', 'cyclist'):
         rows.append((f'{cls} accuracy ({reference_snr_db:g} dB)',
                      [_f(get(n, ref).get('per_class_accuracy', {}).get(cls)) for n in names]))
-    kmax = max((max(results[n]['k_sweep'].get(method, {}) or [0]) for n in names), default=0)
+    kmax = max((max(sweep[n] or [0]) for n in names), default=0)
     for k in range(1, kmax + 1):
         rows.append((f'accuracy, K = {k} (subsets)', [
-            _f(results[n]['k_sweep'].get(method, {}).get(k, {}).get('accuracy')) for n in names]))
+            _f(sweep[n].get(k, {}).get('accuracy')) for n in names]))
+    for k in range(1, kmax):
+        rows.append((f'gain K = {k} -> {k + 1} (mean over the same scenes)', [
+            _f(steps[n].get(k, {}).get('mean_gain')) for n in names]))
     return '\n'.join(head + [f'| {label} | ' + ' | '.join(v) + ' |' for label, v in rows]) + '\n'

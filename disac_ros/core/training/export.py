@@ -37,7 +37,8 @@ from disac_ros.core.training.stage2 import stage2_dir
 
 SHIPPED_DEVICE_MODELS = ('detector', 'encoder')
 MODEL_CARD = 'MODEL_CARD.md'
-DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Per class', 'Comparisons')
+DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Per class', 'Comparisons',
+                         'Generalisation')
 _MODEL_JSON_KEYS = ('format', 'format_version', 'devices', 'device_agnostic', 'shipped_decoder',
                     'recipe', 'decoder_val_nmse_db', 'timing_s', 'data', 'wall_s',
                     'calibration')
@@ -156,7 +157,11 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
     ]
     if command:
         lines += ['```', command, '```', '']
-    lines += [f'* train data seeds: {seeds.get("train_data_seeds")}',
+    scene_seeds = seeds.get('train_scene_seeds')
+    if scene_seeds:
+        lines.append(f'* training scenes: {len(scene_seeds)} family seeds '
+                     f'{min(scene_seeds)}–{max(scene_seeds)}')
+    lines += [f'* train data seeds: {seeds.get("train_data_seeds", "the scene seeds")}',
               f'* val data seeds: {seeds.get("val_data_seeds")}',
               f'* recipe seed: {seeds.get("recipe_seed", recipe.get("seed"))}']
     for sec in ('stage1', 'decoder', 'stage2'):
