@@ -242,7 +242,7 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
         start, _ = common.load_training_checkpoint(ckpt_dir, {'aggregator': model},
                                                     None if fresh_optimizer else opt)
     log = LossLog(folder, resume_from=start if resume else None)
-    criterion = build_criterion(recipe.loss, recipe.tram.head)
+    criterion = build_criterion(stage2_loss(recipe), recipe.tram.head)
     channel = WirelessChannel(recipe.channel)
     meta = {'stage': 'stage2', 'modalities': MODALITIES, 'aggregator': 'tram', 'decoder': 'mlp',
             'devices': [SHARED_DEVICE], 'device_agnostic': True, 'recipe': recipe.to_dict(),
@@ -311,6 +311,14 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
                'metrics': metrics}
     common.write_json(folder / 'summary.json', summary)
     return summary
+
+
+def stage2_loss(recipe: Recipe) -> Any:
+    """The aggregator's loss config: the recipe's, with ``stage2.object_class_weights`` when
+    given."""
+    from dataclasses import replace
+    w = recipe.stage2.object_class_weights
+    return replace(recipe.loss, object_class_weights=tuple(w)) if w else recipe.loss
 
 
 @torch.no_grad()

@@ -188,8 +188,14 @@ class Stage2Recipe:
     # Decoder kinds besides the shipped one that get their own TRAM in `disac-train all`
     # (stage2/both_tram_<kind>), so disac-eval compares decoders each with a matched aggregator.
     decoder_aggregators: tuple[str, ...] = ()
+    # Cross-entropy weight of each object class (car, truck, pedestrian, cyclist) for the
+    # aggregator only, in place of loss.object_class_weights (empty = those): the device
+    # networks keep their own loss.
+    object_class_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        _check(all(w >= 0 for w in self.object_class_weights), 'object_class_weights',
+               'must be numbers >= 0')
         _check(set(self.decoder_aggregators) <= set(DECODER_KINDS), 'decoder_aggregators',
                f'must be a subset of {list(DECODER_KINDS)}, got '
                f'{list(self.decoder_aggregators)}')
