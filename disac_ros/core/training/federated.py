@@ -122,6 +122,7 @@ class DeviceClient(_numpy_client_base()):  # type: ignore[misc]
         load_model_state(models, parameters)
         params = common.trainable(*models.values())
         opt = common.make_optimizer([{'params': params, 'lr': lr}], r1.weight_decay)
+        from disac_ros.core.training.stage1 import stage1_loss
         criterion = build_criterion(self.recipe.loss, self.recipe.head)
         channel = WirelessChannel(self.recipe.channel)
         sums = {'loss': 0.0, 'loss_local': 0.0, 'nmse': 0.0}
@@ -156,27 +157,6 @@ class DeviceClient(_numpy_client_base()):  # type: ignore[misc]
                      WirelessChannel(self.recipe.channel))
         return float(m['val_loss_local']), len(self.frames), {
             k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
-
-
-def stage1_loss(models: dict[str, torch.nn.Module], img: torch.Tensor, rfx: torch.Tensor,
-                tgt: Any, rng: np.random.Generator, recipe: Recipe, criterion: torch.nn.Module,
-                channel: WirelessChannel) -> tuple[torch.Tensor, dict[str, float]]:
-    """The stage-1 objective of one batch: local head + proxy head through a random channel +
-    feature NMSE (the same terms as per-device training, :mod:`stage1`)."""
-    from disac_ros.core.training.stage1 import proxy_detect
-    r1 = recipe.stage1
-    fused, pred = models['detector'](img, rfx)
-    x = models['encoder'](fused.feature)
-    cond = common.draw_conditions(rng, img.shape[0], recipe.train_channel)
-    y = common.send(channel, x, cond, common.torch_gen(rng))
-    fhat = models['proxy_decoder'](y, cond.snr_db, cond.distance_m)
-    ppred = proxy_detect(models, fhat, cond.snr_db, cond.distance_m)
-    l_local = criterion(pred, tgt)
-    l_proxy = criterion(ppred, tgt)
-    l_rec = common.nmse(fhat, fused.feature.detach())
-    loss = (r1.local_head_weight * l_local['loss'] + r1.proxy_head_weight * l_proxy['loss']
-            + r1.reconstruction_weight * l_rec)
-    return loss, {'loss_local': l_local['loss'].item(), 'nmse': l_rec.item()}
 
 
 class _InProcessProxy(_flwr().server.client_proxy.ClientProxy):  # type: ignore[misc]

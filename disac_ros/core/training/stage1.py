@@ -92,6 +92,27 @@ def proxy_detect(models: dict[str, torch.nn.Module], fhat: torch.Tensor, snr: to
                 torch.zeros(b, 1, dtype=torch.long)).prediction
 
 
+def stage1_loss(models: dict[str, torch.nn.Module], img: torch.Tensor, rfx: torch.Tensor,
+                tgt: Any, rng: np.random.Generator, recipe: Recipe, criterion: torch.nn.Module,
+                channel: WirelessChannel) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage-1 objective of one batch (module doc): local head + proxy head through a
+    random channel drawn from ``rng`` + feature NMSE; also the parts as floats."""
+    r1 = recipe.stage1
+    fused, pred = models['detector'](img, rfx)
+    x = models['encoder'](fused.feature)
+    cond = common.draw_conditions(rng, img.shape[0], recipe.train_channel)
+    y = common.send(channel, x, cond, common.torch_gen(rng))
+    fhat = models['proxy_decoder'](y, cond.snr_db, cond.distance_m)
+    ppred = proxy_detect(models, fhat, cond.snr_db, cond.distance_m)
+    l_local = criterion(pred, tgt)
+    l_proxy = criterion(ppred, tgt)
+    l_rec = common.nmse(fhat, fused.feature.detach())
+    loss = (r1.local_head_weight * l_local['loss'] + r1.proxy_head_weight * l_proxy['loss']
+            + r1.reconstruction_weight * l_rec)
+    return loss, {'loss_local': l_local['loss'].item(), 'loss_proxy': l_proxy['loss'].item(),
+                  'nmse': l_rec.item()}
+
+
 @torch.no_grad()
 def encode_frames(detector: LocalDetector, encoder: SemanticEncoder, frames: DeviceFrames,
                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -216,24 +237,14 @@ def train_stage1(train: DisacDataset, device_id: str, out: str | Path, recipe: R
         mirror = (rng.random(len(idx)) < r1.mirror_augment).tolist() \
             if r1.mirror_augment > 0 else None
         img, rfx, tgt = frames.batch(idx.tolist(), mirror)
-        fused, pred = models['detector'](img, rfx)
-        x = models['encoder'](fused.feature)
-        cond = common.draw_conditions(rng, len(idx), recipe.train_channel)
-        y = common.send(channel, x, cond, common.torch_gen(rng))
-        fhat = models['proxy_decoder'](y, cond.snr_db, cond.distance_m)
-        ppred = proxy_detect(models, fhat, cond.snr_db, cond.distance_m)
-        l_local = criterion(pred, tgt)
-        l_proxy = criterion(ppred, tgt)
-        l_rec = common.nmse(fhat, fused.feature.detach())
-        loss = (r1.local_head_weight * l_local['loss'] + r1.proxy_head_weight * l_proxy['loss']
-                + r1.reconstruction_weight * l_rec)
+        loss, parts = stage1_loss(models, img, rfx, tgt, rng, recipe, criterion, channel)
         common.set_lr(opt, step, r1.warmup_steps, total, r1.lr_schedule, r1.decay_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, r1.grad_clip)
         opt.step()
-        row = {'step': step, 'loss': loss.item(), 'loss_local': l_local['loss'].item(),
-               'loss_proxy': l_proxy['loss'].item(), 'nmse_db': common.to_db(l_rec.item()),
+        row = {'step': step, 'loss': loss.item(), 'loss_local': parts['loss_local'],
+               'loss_proxy': parts['loss_proxy'], 'nmse_db': common.to_db(parts['nmse']),
                'lr': opt.param_groups[0]['lr'], 'elapsed_s': round(log.elapsed(), 2)}
         done = step + 1
         if val_frames is not None and (done % r1.eval_every == 0 or done == total):
