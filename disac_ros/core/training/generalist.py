@@ -42,15 +42,15 @@ from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import save_checkpoint
 from disac_ros.core.models.losses import build_criterion
 from disac_ros.core.training import common
-from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, collate_targets,
-                                          load_export, save_export)
+from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, load_export,
+                                          save_export)
 from disac_ros.core.training.decoder import decoder_dir, validate_decoder
 from disac_ros.core.training.federated import (SHARED_DEVICE, DeviceClient, train_federated)
 from disac_ros.core.training.logging import LossLog, progress
 from disac_ros.core.training.recipes import Recipe
 from disac_ros.core.training.stage1 import encode_frames, stage1_dir, validate
-from disac_ros.core.training.stage2 import (FleetExports, build_aggregator, decode_fleet,
-                                            stage2_dir)
+from disac_ros.core.training.stage2 import (FleetExports, build_aggregator, score_fleet,
+                                            stage2_dir, train_step)
 
 MODALITIES = 'both'
 MAX_VAL_FRAMES_PER_DEVICE = 12      # stage-1 validation: frames per validation device
@@ -256,35 +256,12 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
         model.train()
         rng = common.step_rng(recipe.seed, 'stage2', step)
         sc = train[int(rng.choice(len(train), p=weights))]
-        fleet, labels = sc.fleet, sc.labels
-        b, k = r2.batch_size, len(fleet.device_ids)
-        idx = rng.choice(len(labels), size=b, replace=len(labels) < b)
-        present = rng.random((b, k)) >= r2.device_dropout
-        none = ~present.any(axis=1)
-        present[none, rng.integers(0, k, size=int(none.sum()))] = True
-        feats, link = decode_fleet(fleet, torch.as_tensor(idx), decoder, channel, recipe, rng)
-        on = [[fleet.slots[j] for j in range(k) if present[n, j]] for n in range(b)]
-        targets = collate_targets([labels.objects(int(i), on[n], MODALITIES)
-                                   for n, i in enumerate(idx)])
-        sensed = None
-        if r2.assign_to == 'sensing':
-            sensed = torch.zeros(b, targets.classes.shape[1], k, dtype=torch.bool)
-            for n, i in enumerate(idx):
-                f = labels.sensed_by(int(i), on[n], fleet.slots, MODALITIES)
-                sensed[n, :len(f)] = torch.from_numpy(f)
-        present_t = torch.as_tensor(present)
-        pose = fleet.pose[idx]
-        out_ = model(feats, present_t, pose, link)
-        loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t,
-                           sensed=sensed)
+        loss_d = train_step(model, opt, params, criterion, sc.labels, sc.fleet, decoder,
+                            channel, recipe, MODALITIES, rng, step, total)
         loss = loss_d['loss']
-        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
-        opt.step()
         done = step + 1
-        row = {'step': step, 'scene': sc.name, 'devices': k, 'loss': loss.item(),
+        row = {'step': step, 'scene': sc.name, 'devices': len(sc.fleet.device_ids),
+               'loss': loss.item(),
                'loss_class': loss_d['loss_class'].item(),
                'loss_position': loss_d['loss_position'].item(),
                'elapsed_s': round(log.elapsed(), 2)}
@@ -326,28 +303,11 @@ def validate_scenes(model: torch.nn.Module, decoder: torch.nn.Module,
                     scenes: Sequence[SceneFleet], recipe: Recipe) -> dict[str, float]:
     """World-frame detection metrics pooled over scenes: every device present, 10 dB Rayleigh
     at the nominal distance, the recipe's single threshold."""
-    from disac_ros.core.training.decoder import decode
     model.eval()
     stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
-    channel = WirelessChannel(recipe.channel)
     gen = torch.Generator().manual_seed(recipe.eval.seed)
-    for sc in scenes:
-        fleet, labels = sc.fleet, sc.labels
-        k = len(fleet.device_ids)
-        for start in range(0, len(labels), 32):
-            idx = torch.arange(start, min(start + 32, len(labels)))
-            b = len(idx)
-            x = fleet.symbols[idx].reshape(b * k, *fleet.symbols.shape[2:])
-            snr = torch.full((b * k,), recipe.eval.reference_snr_db)
-            dist = torch.full((b * k,), recipe.eval.nominal_distance_m)
-            y = channel(x, dist, snr, fading=recipe.eval.reference_fading, generator=gen).y
-            fhat = decode(decoder, y, snr, dist).view(b, k, -1)
-            link = torch.stack((snr, dist), -1).view(b, k, 2)
-            pred = model(fhat, torch.ones(b, k, dtype=torch.bool), fleet.pose[idx],
-                         link).prediction
-            targets = collate_targets([labels.objects(int(i), fleet.slots, MODALITIES)
-                                       for i in idx])
-            stats.add_batch(pred, targets, recipe.eval.score_threshold)
+    for sc in scenes:        # one noise stream across the scenes
+        score_fleet(model, decoder, sc.labels, sc.fleet, recipe, MODALITIES, stats, gen)
     s = stats.summary()
     return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
 

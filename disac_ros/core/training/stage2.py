@@ -133,8 +133,6 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     log = LossLog(folder, resume_from=start if resume else None)
     criterion = build_criterion(recipe.loss, recipe.tram.head).to(dev)
     channel = WirelessChannel(recipe.channel)
-    k = len(fleet.device_ids)
-    slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev)
     meta = {'stage': 'stage2', 'modalities': modalities, 'aggregator': aggregator,
             'decoder': decoder_kind, 'devices': fleet.device_ids, 'recipe': recipe.to_dict(),
             'seeds': {'recipe_seed': recipe.seed,
@@ -147,34 +145,9 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     for step in range(start, total):
         model.train()
         rng = common.step_rng(recipe.seed, 'stage2', step)
-        b = r2.batch_size
-        idx = rng.choice(len(labels), size=b, replace=len(labels) < b)
-        present = rng.random((b, k)) >= r2.device_dropout
-        none = ~present.any(axis=1)
-        present[none, rng.integers(0, k, size=int(none.sum()))] = True
-        feats, link = decode_fleet(fleet, torch.as_tensor(idx), decoder, channel, recipe, rng)
-        on = [[fleet.slots[j] for j in range(k) if present[n, j]] for n in range(b)]
-        targets = collate_targets([labels.objects(int(i), on[n], modalities)
-                                   for n, i in enumerate(idx)])
-        sensed = None
-        if r2.assign_to == 'sensing':
-            sensed = torch.zeros(b, targets.classes.shape[1], k, dtype=torch.bool)
-            for n, i in enumerate(idx):
-                f = labels.sensed_by(int(i), on[n], fleet.slots, modalities)
-                sensed[n, :len(f)] = torch.from_numpy(f)
-        present_t = torch.as_tensor(present)
-        pose = fleet.pose[idx]
-        out_ = model(feats.to(dev), present_t.to(dev), pose.to(dev), link.to(dev),
-                     slots.expand(b, k))
-        # Pose and presence stay on the CPU for the criterion: its cell assignment runs there.
-        loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t,
-                           sensed=sensed)
+        loss_d = train_step(model, opt, params, criterion, labels, fleet, decoder, channel,
+                            recipe, modalities, rng, step, total)
         loss = loss_d['loss']
-        common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
-        opt.step()
         done = step + 1
         row = {'step': step, 'loss': loss.item(), 'loss_class': loss_d['loss_class'].item(),
                'loss_position': loss_d['loss_position'].item(),
@@ -206,6 +179,44 @@ def train_stage2(labels_ds: DisacDataset, out: str | Path, recipe: Recipe,
     return summary
 
 
+def train_step(model: TRAM, opt: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter],
+               criterion: torch.nn.Module, labels: AggregatorLabels, fleet: FleetExports,
+               decoder: torch.nn.Module, channel: WirelessChannel, recipe: Recipe,
+               modalities: str, rng: np.random.Generator, step: int, total: int
+               ) -> dict[str, torch.Tensor]:
+    """One aggregator step (module doc, 1-4) on frames of one fleet, all randomness from
+    ``rng``; the model runs where its parameters are, the criterion on the CPU."""
+    r2 = recipe.stage2
+    dev = next(model.parameters()).device
+    b, k = r2.batch_size, len(fleet.device_ids)
+    idx = rng.choice(len(labels), size=b, replace=len(labels) < b)
+    present = rng.random((b, k)) >= r2.device_dropout
+    none = ~present.any(axis=1)
+    present[none, rng.integers(0, k, size=int(none.sum()))] = True
+    feats, link = decode_fleet(fleet, torch.as_tensor(idx), decoder, channel, recipe, rng)
+    on = [[fleet.slots[j] for j in range(k) if present[n, j]] for n in range(b)]
+    targets = collate_targets([labels.objects(int(i), on[n], modalities)
+                               for n, i in enumerate(idx)])
+    sensed = None
+    if r2.assign_to == 'sensing':
+        sensed = torch.zeros(b, targets.classes.shape[1], k, dtype=torch.bool)
+        for n, i in enumerate(idx):
+            f = labels.sensed_by(int(i), on[n], fleet.slots, modalities)
+            sensed[n, :len(f)] = torch.from_numpy(f)
+    present_t = torch.as_tensor(present)
+    pose = fleet.pose[idx]
+    slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev).expand(b, k)
+    out_ = model(feats.to(dev), present_t.to(dev), pose.to(dev), link.to(dev), slots)
+    # Pose and presence stay on the CPU for the criterion: its cell assignment runs there.
+    loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t, sensed=sensed)
+    common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
+    opt.zero_grad(set_to_none=True)
+    loss_d['loss'].backward()
+    torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
+    opt.step()
+    return loss_d
+
+
 def decode_fleet(fleet: FleetExports, idx: torch.Tensor, decoder: torch.nn.Module,
                  channel: WirelessChannel, recipe: Recipe,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,12 +240,23 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
                     fleet: FleetExports, recipe: Recipe, modalities: str) -> dict[str, float]:
     """World-frame detection metrics, all devices present, 10 dB Rayleigh at 100 m."""
     from disac_ros.core.evaluation.metrics import DetectionStats
-    from disac_ros.core.training.decoder import decode, device_slots
     model.eval()
-    dev = next(model.parameters()).device
     stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
+    score_fleet(model, decoder, labels, fleet, recipe, modalities, stats,
+                torch.Generator().manual_seed(recipe.eval.seed))
+    s = stats.summary()
+    return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
+
+
+@torch.no_grad()
+def score_fleet(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLabels,
+                fleet: FleetExports, recipe: Recipe, modalities: str, stats: Any,
+                gen: torch.Generator) -> None:
+    """Add every frame of a fleet to ``stats`` (a DetectionStats): all devices present,
+    10 dB Rayleigh at the nominal distance, noise from ``gen``."""
+    from disac_ros.core.training.decoder import decode, device_slots
+    dev = next(model.parameters()).device
     channel = WirelessChannel(recipe.channel)
-    gen = torch.Generator().manual_seed(recipe.eval.seed)
     k = len(fleet.device_ids)
     slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev)
     for start in range(0, len(labels), 32):
@@ -252,8 +274,6 @@ def validate_stage2(model: TRAM, decoder: torch.nn.Module, labels: AggregatorLab
         targets = collate_targets([labels.objects(int(i), fleet.slots, modalities)
                                    for i in idx])
         stats.add_batch(pred, targets, recipe.eval.score_threshold)
-    s = stats.summary()
-    return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
 
 
 def load_aggregator(out: str | Path, modalities: str, aggregator: str,
