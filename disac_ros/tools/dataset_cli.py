@@ -176,13 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare_out(out: Path, overwrite: bool, subdirs: Sequence[str] = ()) -> None:
+def _must_replace(out: Path, overwrite: bool) -> bool:
+    """True when ``out`` holds files that --overwrite allows replacing; UsageError when it is
+    not a folder, or not empty without --overwrite."""
     if out.exists() and not out.is_dir():
         raise UsageError(f'--out {out}: exists and is not a folder')
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f'--out {out}: folder exists and is not empty '
                              '(use --overwrite to replace a previous dataset)')
+        return True
+    return False
+
+
+def _prepare_out(out: Path, overwrite: bool, subdirs: Sequence[str] = ()) -> None:
+    if _must_replace(out, overwrite):
         for d in [out, *(out / s for s in subdirs)]:
             if not d.is_dir():
                 continue
@@ -194,12 +202,7 @@ def _prepare_out(out: Path, overwrite: bool, subdirs: Sequence[str] = ()) -> Non
 
 
 def _prepare_family_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f'--out {out}: exists and is not a folder')
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f'--out {out}: folder exists and is not empty '
-                             '(use --overwrite to replace a previous dataset)')
+    if _must_replace(out, overwrite):
         for name in _FAMILY_OWN_FILES:
             (out / name).unlink(missing_ok=True)
         for d in sorted(out.glob('scene_*')):

@@ -316,6 +316,12 @@ def _fit(frames: Sequence[FrameDetections], rec: Any, grid: Sequence[float]
         'precision_before': plain[1] / max(plain[2], 1), 'precision_after': after['precision']}
 
 
+def _threshold_grid(rec: Any) -> tuple[float, ...]:
+    """The per-class thresholds searched: THRESHOLDS from the fusion's min_score up."""
+    floor = max(rec.fusion_min_score, THRESHOLDS[0])
+    return tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
+
+
 def calibrate_model(model_dir: str | Path, val: Any, methods: Sequence[str] | None = None,
                     recipe: Any = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """
@@ -331,8 +337,7 @@ def calibrate_model(model_dir: str | Path, val: Any, methods: Sequence[str] | No
     ctx = ev.prepare(model_dir, val, recipe, log=log, calibrations=False)   # refits a bad file too
     rec = ctx.recipe.eval
     kmax = len(ctx.device_ids)
-    floor = max(rec.fusion_min_score, THRESHOLDS[0])
-    grid = tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
+    grid = _threshold_grid(rec)
     done: dict[tuple[str, str, str], dict[str, Any]] = {}
     for method in methods or [m for m in ev.METHODS if m not in ('single_device', 'digital_jpeg')]:
         key = ev.method_aggregator(ctx, method)
@@ -400,8 +405,7 @@ def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any =
         if key is None:
             raise ConfigError('out', f'{model_dir}: no shipped aggregator to calibrate')
         folder = ctx.aggregator_dirs[key]
-        floor = max(rec.fusion_min_score, THRESHOLDS[0])
-        grid = tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
+        grid = _threshold_grid(rec)
         kmax = len(ctx.device_ids)
         for k in range(1, kmax + 1):
             slot: int | str = 'all' if k == kmax else k
@@ -418,9 +422,7 @@ def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any =
                                  threshold=min(grid[0], rec.score_threshold), on_frame=keep)
     if rec is None or folder is None or 'all' not in pooled:
         raise ConfigError('val', 'no validation scenes to calibrate on')
-    floor = max(rec.fusion_min_score, THRESHOLDS[0])
-    grid = tuple(t for t in THRESHOLDS if t >= floor) or (floor,)
-    fits = {k: _fit(frames, rec, grid) for k, frames in pooled.items() if frames}
+    fits = {k: _fit(frames, rec, _threshold_grid(rec)) for k, frames in pooled.items() if frames}
     top, info = fits['all']
     by_k = {int(k): fits[k][0] for k in fits if k != 'all'}
     cal = Calibration(top.class_weights, top.class_thresholds, by_k)
