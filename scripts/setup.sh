@@ -50,6 +50,21 @@ export CMAKE_PREFIX_PATH="$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 
 # The PyPI wheels ship no tf2_msgs; build our wire-compatible stand-in only when it is missing.
 paths=(. disac_interfaces)
+
+# Developer and CI machines carry the real upstream launch / launch_testing / ros2 CLI as wheels and
+# the composition_interfaces + vision_msgs sources (a ROS user has them from apt): install them so
+# `ros2 launch`, `ros2 param set` and the launch tests run for real. Absent on a user's machine.
+ROS2_TOOLS=${DISAC_ROS2_TOOLS:-$ROOT/../shared/ros2-tools}
+if [ -d "$ROS2_TOOLS/wheels" ] && [ -d "$ROS2_TOOLS/src" ]; then
+  tools_stamp=.venv/.disac_ros2_tools.sha256
+  tools_want=$(cat "$ROS2_TOOLS"/wheels/*.whl | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$tools_stamp" 2>/dev/null)" != "$tools_want" ]; then
+    log "installing the ROS 2 launch / CLI tools from $ROS2_TOOLS"
+    pip install -q --no-deps "$ROS2_TOOLS"/wheels/*.whl osrf-pycommon==2.0.2
+    echo "$tools_want" > "$tools_stamp"
+  fi
+  paths+=("$ROS2_TOOLS/src")
+fi
 if [ -d install/tf2_msgs ] || ! python -c 'import tf2_msgs' 2>/dev/null; then
   paths+=(compat/tf2_msgs)
 fi
