@@ -4,14 +4,20 @@ Each node lists its parameters once as ``Param`` specs; ``declare_params`` decla
 ``ParameterDescriptor`` (description, range, read-only flag, so ``ros2 param describe`` is useful),
 then checks type, range and choices itself and raises ``ConfigError`` naming ``<node>.<param>``.
 Floats accept integer overrides (a YAML ``rate_hz: 5`` must not be a type error).
+
+Parameters are read-only unless their spec says ``read_only=False``; ``on_parameter_change``
+accepts a ``ros2 param set`` of those after the same validation plus the node's own check, and
+refuses the others with the reason (structural: restart the node to change it). ``usage`` is the
+text of a node executable's ``--help``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
@@ -50,7 +56,9 @@ class Param:
 
     def descriptor(self) -> ParameterDescriptor:
         """The ParameterDescriptor advertised for this parameter."""
-        d = ParameterDescriptor(name=self.name, type=_TYPES[self.kind], description=self.description,
+        note = ' (read-only: structural, restart the node to change it)' if self.read_only else \
+            ' (dynamic: ros2 param set takes effect at once)'
+        d = ParameterDescriptor(name=self.name, type=_TYPES[self.kind], description=self.description + note,
                                 read_only=self.read_only)
         constraints = []
         if self.choices:
@@ -114,6 +122,62 @@ def validate(spec: Param, value: Any, field: str | None = None) -> Any:
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(field, f'expected one of {", ".join(spec.choices)}, got {value!r}')
     return value
+
+
+def on_parameter_change(node: Node, specs: Sequence[Param], values: dict[str, Any],
+                        apply: Callable[[dict[str, Any]], None]) -> None:
+    """Accept ``ros2 param set`` of the dynamic (``read_only=False``) specs.
+
+    Each change is validated like a start-up value, then ``apply(changed)`` is called with the
+    coerced new values and ``values`` (the node's config dict) updated; when ``apply`` raises
+    ``ConfigError`` (the node's own cross-checks) the whole set is refused with that reason and
+    nothing changes. Register after ``declare_params``.
+    """
+    by_name = {s.name: s for s in specs}
+
+    def callback(parameters: list) -> SetParametersResult:
+        changed: dict[str, Any] = {}
+        for p in parameters:
+            spec = by_name.get(p.name)
+            if spec is None:
+                continue                     # rclpy's own (use_sim_time) or undeclared: not ours
+            if spec.read_only:
+                return SetParametersResult(successful=False, reason=f'{p.name} is read-only: '
+                                           'structural, restart the node to change it')
+            try:
+                changed[p.name] = validate(spec, p.value, f'{node.get_name()}.{p.name}')
+            except ConfigError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        if not changed:
+            return SetParametersResult(successful=True)
+        try:
+            apply(changed)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        values.update(changed)
+        node.get_logger().info('parameters changed: ' + ', '.join(f'{k}={v!r}' for k, v in changed.items()))
+        return SetParametersResult(successful=True)
+    node.add_on_set_parameters_callback(callback)
+
+
+def usage(executable: str, doc: str, specs: Sequence[Param],
+          ros_args: Mapping[str, str] | None = None) -> str:
+    """The ``--help`` text of a node executable: what it does, how to run it, its parameters."""
+    summary = (doc or '').strip().split('\n\n')[0].strip()
+    lines = [f'usage: ros2 run disac_ros {executable} [--help] [--ros-args -p NAME:=VALUE ... '
+             f'--params-file FILE -r __ns:=/NS --log-level LEVEL]', '']
+    if summary:
+        lines += [summary, '']
+    lines.append('parameters (ros2 param describe shows the same; d = dynamic, settable while running):')
+    for spec in specs:
+        default = spec.default if spec.kind is not str else repr(spec.default)
+        limits = spec.descriptor().additional_constraints
+        flag = 'd' if not spec.read_only else ' '
+        lines.append(f'  {flag} {spec.name} ({spec.kind.__name__}, default {default}): {spec.description}'
+                     + (f' [{limits}]' if limits else ''))
+    lines += ['', 'Every node also takes use_sim_time (bool). Exit status: 0 after SIGINT/SIGTERM, '
+                  '2 on a bad parameter, 1 on another failure.']
+    return '\n'.join(lines)
 
 
 def use_sim_time(node: Node) -> bool:
