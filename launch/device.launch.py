@@ -35,10 +35,15 @@ def device_parameters(context) -> dict:
     """Launch arguments -> the node's parameters."""
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context).strip()
+    threads, sim_time = arg('threads'), arg('use_sim_time').lower()
+    if not (threads.isdigit() and int(threads) >= 1):
+        raise ValueError(f'threads: expected a whole number >= 1, got {threads!r}')
+    if sim_time not in ('true', 'false'):
+        raise ValueError(f'use_sim_time: expected true or false, got {arg("use_sim_time")!r}')
     return {'device_id': arg('device_id'), 'camera_topic': arg('camera_topic'), 'rf_topic': arg('rf_topic'),
             'model_dir': arg('model_dir'), 'model_device_id': arg('model_device_id'),
-            'threads': int(arg('threads')), 'static_pose': arg('static_pose'),
-            'shared_secret': arg('shared_secret'), 'use_sim_time': arg('use_sim_time').lower() == 'true'}
+            'threads': int(threads), 'static_pose': arg('static_pose'),
+            'shared_secret': arg('shared_secret'), 'use_sim_time': sim_time == 'true'}
 
 
 def _launch_device(context, *args, **kwargs):

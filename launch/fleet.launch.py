@@ -16,6 +16,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml
 
 ARGUMENTS = (
@@ -28,8 +29,8 @@ ARGUMENTS = (
                      'to its device count); empty = config/scenarios/default.yaml and fleet.device_id_format',
      None),
     ('namespace', '', 'namespace prefix for every node', None),
-    ('use_sim_time', '', 'true/false sets use_sim_time on every node; empty leaves each node\'s own',
-     ('', 'true', 'false')),
+    ('use_sim_time', '', 'true/false (any case) sets use_sim_time on every node; empty leaves each '
+                         'node\'s own (source:=bag turns it on)', None),
     ('params_file', '', 'extra ROS 2 parameters file applied to every node (after fleet.yaml)', None),
     ('log_level', 'info', 'ROS log level of every node', ('debug', 'info', 'warn', 'error', 'fatal')),
 )
@@ -41,7 +42,11 @@ def fleet_options(context) -> FleetOptions:
         return LaunchConfiguration(name).perform(context).strip()
 
     num = arg('num_devices')
+    if num and not (num.isdigit() and int(num) >= 1):
+        raise ConfigError('num_devices', f'expected a whole number >= 1, got {num!r} (e.g. num_devices:=4)')
     sim_time = arg('use_sim_time').lower()
+    if sim_time not in ('', 'true', 'false'):
+        raise ConfigError('use_sim_time', f'expected true or false, got {arg("use_sim_time")!r}')
     params_file = arg('params_file')
     return FleetOptions(
         num_devices=int(num) if num else None,

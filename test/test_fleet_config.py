@@ -53,7 +53,9 @@ def test_per_device_fan_out_sources_and_placeholders():
     assert world.parameters == {'num_devices': 3, 'use_sim_time': True, 'rate_hz': 5.0, 'seed': 3}
     assert dev1.parameters['device_id'] == 'dev1' and dev1.parameters['index'] == 1   # typed, not '1'
     assert dev1.parameters['label'] == 'unit-dev1'
-    assert dev1.remappings == (('semantic/feature', '/link/dev1/in'),)
+    # Namespaced: the global topics move under the namespace, so two sites never cross.
+    assert dev1.remappings == (('semantic/feature', '/link/dev1/in'), ('/tf', '/site1/tf'),
+                               ('/tf_static', '/site1/tf_static'), ('/clock', '/site1/clock'))
     assert 'rate_hz' not in dev1.parameters                    # node-qualified override only hits world
     assert agg.parameters['device_ids'] == ['dev0', 'dev1', 'dev2']
     assert 'empty' not in agg.parameters and 'nothing' not in agg.parameters

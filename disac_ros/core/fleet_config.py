@@ -51,6 +51,8 @@ DEFAULT_DEVICE_ID_FORMAT = 'dev{index}'
 _NODE_KEYS = {'name', 'package', 'executable', 'namespace', 'per_device', 'sources', 'parameters',
               'remappings', 'module'}
 _FLEET_KEYS = {'num_devices', 'device_ids', 'device_id_format', 'source'}
+# Absolute topics every node shares; a namespaced fleet remaps them under its namespace.
+NAMESPACED_GLOBAL_TOPICS: tuple[str, ...] = ('/tf', '/tf_static', '/clock')
 _PLACEHOLDER = re.compile(r'\{([a-z_]+)\}')
 _ROS_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 
@@ -238,6 +240,9 @@ def _expand(entry: Mapping[str, Any], values: Mapping[str, Any], options: FleetO
     parameters = {str(k): _substitute_value(v, values, f'{where}.parameters.{k}') for k, v in params_in.items()}
     if options.use_sim_time is not None:
         parameters['use_sim_time'] = bool(options.use_sim_time)
+    elif values.get('source') == 'bag' and entry['executable'] != 'bag_player':
+        # A bag's stamps are hours old on the wall clock: replay runs on the player's /clock.
+        parameters.setdefault('use_sim_time', True)
     for key, value in options.overrides.items():
         node_name, _, param = key.rpartition('.')
         if not node_name or node_name == name:
@@ -253,6 +258,12 @@ def _expand(entry: Mapping[str, Any], values: Mapping[str, Any], options: FleetO
             raise ConfigError(f'{where}.remappings[{j}]', f'expected [from, to], got {pair!r}')
         remappings.append((_substitute(str(pair[0]), values, f'{where}.remappings[{j}]'),
                            _substitute(str(pair[1]), values, f'{where}.remappings[{j}]')))
+    if options.namespace.strip('/'):
+        # Two fleets on one domain must not hear each other's poses or clock: the global topics
+        # move under the namespace too (per-node topics are relative already).
+        prefix = '/' + options.namespace.strip('/')
+        taken = {src for src, _ in remappings}
+        remappings += [(g, prefix + g) for g in NAMESPACED_GLOBAL_TOPICS if g not in taken]
     package = entry.get('package', 'disac_ros')
     module = entry.get('module')
     if module is None and package == 'disac_ros':

@@ -73,6 +73,10 @@ def find_model_dir(path: str | os.PathLike[str] = '') -> Path:
     return Path(__file__).resolve().parents[2] / 'models' / DEFAULT_MODEL_NAME
 
 
+# Input limits of a device (beyond them a frame is refused, not processed).
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 2048
+MAX_RF_ELEMENTS = 1 << 22
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What ``model.json`` and ``recipe.json`` say about a model folder."""
@@ -185,6 +189,9 @@ class DevicePipeline:
         c = np.asarray(cube)
         if not np.iscomplexobj(c) or c.ndim != 3:
             raise ConfigError('rf', f'expected a complex (rx, chirp, sample) cube, got {c.dtype} {c.shape}')
+        if c.shape[1] < 2 or c.shape[2] < 4 or c.size > MAX_RF_ELEMENTS:
+            raise ConfigError('rf', f'cube {c.shape}: need >= 2 chirps, >= 4 samples and at most '
+                                    f'{MAX_RF_ELEMENTS} values')
         if not np.all(np.isfinite(c)):
             raise ConfigError('rf', 'cube has NaN or infinite values')
         cfg = self._radar.get(c.shape)
@@ -213,6 +220,10 @@ class DevicePipeline:
             a = np.asarray(im)
             if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
                 raise ConfigError(f'image[{i}]', f'expected (H, W, 3) uint8, got {a.dtype} {a.shape}')
+            if not (MIN_IMAGE_SIDE <= a.shape[0] <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= a.shape[1] <= MAX_IMAGE_SIDE):
+                # 0x0 crashes the CNN; 4000x4000 costs seconds and gigabytes: refuse both up front.
+                raise ConfigError(f'image[{i}]', f'{a.shape[1]}x{a.shape[0]} pixels; each side must be in '
+                                                 f'{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}')
             imgs.append(a)
         img = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0).contiguous()
         rf = torch.from_numpy(np.stack([self.rf_features(c) for c in cubes]))
@@ -291,8 +302,6 @@ class AggregatorPipeline:
         set_torch_threads(threads)
         if decoder not in DECODER_CHOICES:
             raise ConfigError('decoder', f'expected one of {", ".join(DECODER_CHOICES)}, got {decoder!r}')
-        if not (0.0 < score_threshold <= 1.0):
-            raise ConfigError('score_threshold', f'must be in (0, 1], got {score_threshold!r}')
         self.info = read_model_info(model_dir)
         self.decoder_kind = self.info.shipped_decoder if decoder == 'shipped' else decoder
         recipe = self.info.recipe
@@ -307,23 +316,33 @@ class AggregatorPipeline:
         afolder = stage2_dir(self.info.root, modalities, aggregator) / 'checkpoint'
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
         self.channel_config = self.info.channel
-        self.score_threshold = float(score_threshold)
-        for name, values in (('class_weights', class_weights), ('class_thresholds', class_thresholds)):
-            if values is not None and len(values) not in (0, NUM_CLASSES - 1):
-                raise ConfigError(name, f'need {NUM_CLASSES - 1} values (one per real class) or '
-                                        f'none, got {list(values)}')
-        fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
-        self.calibration = fitted.overridden(class_weights, class_thresholds)   # ConfigError if bad
-        self._base_fusion = fusion or FusionConfig()
-        self._fusion_by_devices: dict[int, FusionConfig] = {}
-        # the configuration with every model device present (logged, shown in diagnostics)
-        self.fusion = self.fusion_for(4 if self.info.device_agnostic else len(self.info.devices))
+        self._fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
+        self.retune(score_threshold, fusion or FusionConfig(), class_weights, class_thresholds)
         self.slot_of = dict(slot_of or {})
         self.num_symbols = int(self.decoder.config.num_symbols)
         if getattr(self.decoder, 'routes_by_device', False):
             missing = [d for d in self.info.devices if d not in self.decoder.config.devices]
             if missing:
                 raise ModelError(f'{dfolder}: no decoder for model device(s) {missing}')
+
+    def retune(self, score_threshold: float, fusion: FusionConfig,
+               class_weights: Sequence[float] | None = None,
+               class_thresholds: Sequence[float] | None = None) -> None:
+        """Change the detection settings (same meaning as the constructor's) from the next group
+        on, e.g. after a ``ros2 param set``; ConfigError, and nothing changed, when one is bad."""
+        if not (0.0 < score_threshold <= 1.0):
+            raise ConfigError('score_threshold', f'must be in (0, 1], got {score_threshold!r}')
+        for name, values in (('class_weights', class_weights), ('class_thresholds', class_thresholds)):
+            if values is not None and len(values) not in (0, NUM_CLASSES - 1):
+                raise ConfigError(name, f'need {NUM_CLASSES - 1} values (one per real class) or '
+                                        f'none, got {list(values)}')
+        calibration = self._fitted.overridden(class_weights, class_thresholds)   # ConfigError if bad
+        self.score_threshold = float(score_threshold)
+        self.calibration = calibration
+        self._base_fusion = fusion
+        self._fusion_by_devices: dict[int, FusionConfig] = {}
+        # the configuration with every model device present (logged, shown in diagnostics)
+        self.fusion = self.fusion_for(4 if self.info.device_agnostic else len(self.info.devices))
 
     def fusion_for(self, num_devices: int) -> FusionConfig:
         """The merging and per-class settings for a group of ``num_devices`` devices."""

@@ -288,9 +288,7 @@ class MultiObjectTracker:
 
     def __init__(self, config: TrackerConfig | None = None):
         """Create an empty tracker."""
-        self.config = config or TrackerConfig()
-        self._gate = {2: float(chi2.ppf(self.config.gate_probability, 2)),
-                      4: float(chi2.ppf(self.config.gate_probability, 4))}
+        self.reconfigure(config or TrackerConfig())
         self._tracks: list[_TrackData] = []
         self._next_id = 1
         self._last_t: float | None = None
@@ -298,6 +296,12 @@ class MultiObjectTracker:
         self._last_deleted: list[int] = []
 
     # ---- public API -----------------------------------------------------------------------
+
+    def reconfigure(self, config: TrackerConfig) -> None:
+        """Use ``config`` from the next update on; the current tracks are kept."""
+        self.config = config
+        self._gate = {2: float(chi2.ppf(config.gate_probability, 2)),
+                      4: float(chi2.ppf(config.gate_probability, 4))}
 
     @property
     def stats(self) -> TrackerStats:

@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from rclpy.node import Node
@@ -46,16 +46,22 @@ from disac_ros.core.packet import CODEC_VERSION, dequantize
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
 from disac_ros.core.training.recipes import DECODER_KINDS
 from disac_ros.core.tracking import MultiObjectTracker, NUM_CLASSES, Track, TrackerConfig
-from disac_ros.core.types import SENSED_CAMERA, SENSED_RF
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.feature_msgs import device_topic
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
-from disac_ros.nodes.markers import CLASS_SIZES, tracks_to_markers
+from disac_ros.nodes.markers import tracks_to_markers
 from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
-from disac_ros.nodes.params import Param, declare_params
+from disac_ros.nodes.params import Param, declare_params, on_parameter_change
+from disac_ros.nodes.vision_output import VisionOutput
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
+
+# Plausibility limits of a received packet (anything beyond cannot come from a real device).
+MAX_PAYLOAD_BYTES = 1 << 16      # before the model is loaded (then: the exact size it expects)
+MAX_POSE_M = 1e5
+MAX_SNR_DB = 200.0
+MAX_SYMBOL = 1e4                 # channel outputs are unit-power symbols plus noise
 
 PARAMS = (
     Param('device_ids', ['dev0', 'dev1', 'dev2', 'dev3'], 'accepted devices (features of others are dropped)'),
@@ -63,9 +69,12 @@ PARAMS = (
           'per-device feature topic under /<device_id>/: link/feature behind link_node, '
           'semantic/feature on real links'),
     Param('input_qos', 'sensor_data', 'QoS of the feature subscriptions', choices=('sensor_data', 'reliable')),
-    Param('tracks_topic', '/aggregator/tracks', 'TrackedObjectArray output'),
-    Param('markers_topic', '/aggregator/markers', 'MarkerArray output'),
-    Param('weights_topic', '/aggregator/weights', 'AggregationWeights output'),
+    Param('tracks_topic', 'aggregator/tracks', 'TrackedObjectArray output (relative: under the namespace)'),
+    Param('markers_topic', 'aggregator/markers', 'MarkerArray output'),
+    Param('weights_topic', 'aggregator/weights', 'AggregationWeights output'),
+    Param('detections_topic', 'aggregator/detections',
+          'vision_msgs/Detection3DArray of the tracks (ids = track ids) where vision_msgs is installed; '
+          "'' = off"),
     Param('world_frame', 'world', 'frame of the tracks'),
     Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
     Param('decoder', 'shipped', "semantic decoder: the model's shipped one, or device (each "
@@ -77,38 +86,44 @@ PARAMS = (
                            'group is not slowed by first-call costs'),
     Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection '
           '(unused while per-class thresholds are in effect: class_thresholds)',
-          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+          minimum=0.0, maximum=1.0, exclusive_minimum=True, read_only=False),
     Param('detection_fusion', 'weighted', 'how reports of one object by several devices are merged: '
           'weighted (score-weighted mean of the reports within fusion_radius_m, noisy-OR '
           'confidence) or nms (keep the most confident within nms_radius_m)',
-          choices=FUSION_METHODS),
+          choices=FUSION_METHODS, read_only=False),
     Param('fusion_radius_m', 2.5, 'weighted fusion: reports closer than this describe one object (m)',
-          minimum=0.0),
+          minimum=0.0, read_only=False),
     Param('fusion_min_score', 0.3, 'weighted fusion: weakest report that may join a detection',
-          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+          minimum=0.0, maximum=1.0, exclusive_minimum=True, read_only=False),
     Param('nms_radius_m', 1.5, 'nms fusion: detections closer than this (any class) are merged into '
-          'the most confident one (m)', minimum=0.0),
+          'the most confident one (m)', minimum=0.0, read_only=False),
     Param('class_weights', 'model', "class-prior weights on each detection's class distribution: "
           "'model' (the aggregator's fitted calibration, if any), 'none', or four numbers "
-          "'car,truck,pedestrian,cyclist' (e.g. '1,2,0.8,1.1')"),
+          "'car,truck,pedestrian,cyclist' (e.g. '1,2,0.8,1.1')", read_only=False),
     Param('class_thresholds', 'model', "per-class detection thresholds replacing score_threshold: "
           "'model' (the aggregator's fitted calibration, if any), 'none', or four numbers in (0, 1] "
-          "'car,truck,pedestrian,cyclist'"),
+          "'car,truck,pedestrian,cyclist'", read_only=False),
     Param('window_s', 0.1, 'packets whose stamps differ by less than this form one group (s)',
-          minimum=0.0, exclusive_minimum=True),
+          minimum=0.0, exclusive_minimum=True, read_only=False),
     Param('max_wait_s', 0.3, 'fuse a group after waiting this long for missing devices (s)',
-          minimum=0.0, exclusive_minimum=True),
+          minimum=0.0, exclusive_minimum=True, read_only=False),
     Param('active_timeout_s', 1.0, 'a device not heard from for this long is not waited for (s)',
-          minimum=0.0, exclusive_minimum=True),
+          minimum=0.0, exclusive_minimum=True, read_only=False),
+    Param('max_stamp_age_s', 2.0, "refuse (count 'stale_stamp') a packet whose sensor stamp is older "
+          "than the node's clock minus this (replays, dead clocks; 0 = off). Bags need "
+          'use_sim_time:=true', minimum=0.0, read_only=False),
+    Param('max_stamp_lead_s', 0.5, "refuse (count 'future_stamp') a packet stamped more than this "
+          "ahead of the node's clock (a device clock running fast; 0 = off)", minimum=0.0, read_only=False),
     Param('verify_auth', False, 'require a valid authentication tag on every packet'),
     Param('key_file', '', 'KeyRing file (YAML/JSON) for verify_auth'),
     Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret for verify_auth"),
     Param('tracker_file', '', 'YAML with a tracker: section (TrackerConfig); empty = defaults'),
-    Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100),
-    Param('tracker_max_age_s', 0.0, 'override tracker max_age_s (0 = keep)', minimum=0.0),
+    Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100,
+          read_only=False),
+    Param('tracker_max_age_s', 0.0, 'override tracker max_age_s (0 = keep)', minimum=0.0, read_only=False),
     Param('tracker_merge_radius_m', 0.0, 'override tracker merge_radius_m: a confirmed track this '
           'close to one with more hits is dropped, none is born this close (0 = keep; fewer '
-          'duplicate tracks, fewer tracked objects)', minimum=0.0),
+          'duplicate tracks, fewer tracked objects)', minimum=0.0, read_only=False),
     Param('process_period_s', 0.02, 'how often ready groups are fused (s)', minimum=0.001),
 )
 
@@ -135,10 +150,9 @@ def track_to_msg(track: Track) -> TrackedObject:
     tcov[:2, :2] = track.velocity_cov
     tcov[2, 2] = tcov[3, 3] = tcov[4, 4] = tcov[5, 5] = 1e6
     msg.twist.covariance = tcov.reshape(36)
-    size = CLASS_SIZES[track.class_id if track.class_id < len(CLASS_SIZES) else 0]
-    msg.dimensions.x, msg.dimensions.y, msg.dimensions.z = size
+    # The model estimates neither the box size nor which sensor of a device saw the object: leave
+    # dimensions 0 (unknown) and sensed_by_modalities empty instead of inventing them.
     msg.contributing_devices = list(track.contributing_devices)
-    msg.sensed_by_modalities = array.array('B', [SENSED_CAMERA | SENSED_RF] * len(track.contributing_devices))
     msg.first_seen = cv.time_to_msg(max(0.0, track.first_seen_s))
     msg.hits = int(track.hits)
     return msg
@@ -166,8 +180,9 @@ def parse_per_class(text: str, name: str, check: Callable[[object], tuple[float,
 class AggregatorNode(Node):
     """Decoder + TRAM + tracker over the configured devices (see module doc)."""
 
-    def __init__(self) -> None:
-        super().__init__('aggregator')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('aggregator', **node_kwargs)
         cfg = declare_params(self, PARAMS)
         self.cfg = cfg
         self.device_ids = list(cfg['device_ids'])
@@ -185,8 +200,16 @@ class AggregatorNode(Node):
         self.pipeline = None
         self.diag = Diagnostics(self, 'aggregator', warn_if=self._warning)
         for key in ('groups', 'tracks_published', 'unknown_device', 'bad_payload', 'bad_codec', 'auth_failed',
-                    'late', 'duplicate', 'decode_errors'):
+                    'late', 'duplicate', 'decode_errors', 'stale_stamp', 'future_stamp', 'replayed',
+                    'clock_jumps'):
             self.diag.set(key, 0.0)
+        self._throttle = LogThrottle(self)      # bad streams must not flood the log
+        self._last_stamp: dict[str, float] = {}  # newest accepted sensor stamp per device
+        self._last_clock: float | None = None
+        # A missing or corrupt model must not kill the aggregator: keep reporting and retry. Loaded
+        # before the subscriptions exist, so a matched subscription means a ready aggregator.
+        self.model = RetryingModelLoader(self, self.diag, 'aggregator model', cfg['model_dir'],
+                                         build=self._build_pipeline, on_loaded=self._on_model_loaded)
         qos = qos_by_name(cfg['input_qos'])
         for dev in self.device_ids:
             topic = device_topic(dev, cfg['input_topic'])
@@ -194,35 +217,54 @@ class AggregatorNode(Node):
         self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
         self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
         self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
-        self._throttle = LogThrottle(self)      # bad streams must not flood the log
-        # A missing or corrupt model must not kill the aggregator: keep reporting and retry.
-        self.model = RetryingModelLoader(self, self.diag, 'aggregator model', cfg['model_dir'],
-                                         build=self._build_pipeline, on_loaded=self._on_model_loaded)
+        self.detections = VisionOutput(self, cfg['detections_topic'], cfg['world_frame'])
+        on_parameter_change(self, PARAMS, self.cfg, self._apply_params)
         self.create_timer(cfg['process_period_s'], self._process)
         self.get_logger().info(
-            f'aggregating {self.device_ids} from /<dev>/{cfg["input_topic"]} -> {self.tracks_pub.topic_name} '
-            f'(auth {"verified" if cfg["verify_auth"] else "not checked"}, window {cfg["window_s"]} s)')
+            f'aggregating {self.device_ids} from {self.get_namespace().rstrip("/")}/<dev>/{cfg["input_topic"]} -> '
+            f'{self.tracks_pub.topic_name} (auth {"verified" if cfg["verify_auth"] else "not checked"}, '
+            f'window {cfg["window_s"]} s'
+            f'{", " + self.detections.topic if self.detections.enabled else ""})')
+
+    def _apply_params(self, changed: dict) -> None:
+        """A ``ros2 param set`` of tuning parameters (validated by their specs): check the
+        combination, then change the pipeline, synchroniser and tracker at once."""
+        cfg = dict(self.cfg, **changed)
+        name = self.get_name()
+        class_weights = parse_per_class(cfg['class_weights'], f'{name}.class_weights', check_class_weights)
+        class_thresholds = parse_per_class(cfg['class_thresholds'], f'{name}.class_thresholds',
+                                           check_class_thresholds)
+        fusion = FusionConfig.for_method(cfg['detection_fusion'], cfg['fusion_radius_m'],
+                                         cfg['nms_radius_m'], cfg['fusion_min_score'])
+        tracker = self._tracker_config(cfg)
+        if self.pipeline is not None:
+            self.pipeline.retune(cfg['score_threshold'], fusion, class_weights, class_thresholds)
+        self.class_weights, self.class_thresholds = class_weights, class_thresholds
+        self.tracker.reconfigure(tracker)
+        self.sync.window_s, self.sync.max_wait_s = cfg['window_s'], cfg['max_wait_s']
+        self.sync.active_timeout_s = cfg['active_timeout_s']
 
     # ---- setup ------------------------------------------------------------------------------
 
-    def _tracker_config(self) -> TrackerConfig:
+    def _tracker_config(self, cfg: dict | None = None) -> TrackerConfig:
+        cfg = cfg or self.cfg
         data: dict = {}
-        if self.cfg['tracker_file']:
+        if cfg['tracker_file']:
             import yaml
             try:
-                with open(self.cfg['tracker_file']) as f:
+                with open(cfg['tracker_file']) as f:
                     doc = yaml.safe_load(f) or {}
             except (OSError, yaml.YAMLError) as exc:
                 raise ConfigError(f'{self.get_name()}.tracker_file', str(exc)) from None
             data = dict(doc.get('tracker', doc))
-        if self.cfg['tracker_min_hits']:
-            data['min_hits'] = self.cfg['tracker_min_hits']
-            data['confirm_window'] = max(int(data.get('confirm_window', 5)), self.cfg['tracker_min_hits'])
-        if self.cfg['tracker_max_age_s']:
-            data['max_age_s'] = self.cfg['tracker_max_age_s']
-        if self.cfg['tracker_merge_radius_m']:
-            data['merge_radius_m'] = self.cfg['tracker_merge_radius_m']
-        return TrackerConfig.from_dict(data, source=self.cfg['tracker_file'] or None)
+        if cfg['tracker_min_hits']:
+            data['min_hits'] = cfg['tracker_min_hits']
+            data['confirm_window'] = max(int(data.get('confirm_window', 5)), cfg['tracker_min_hits'])
+        if cfg['tracker_max_age_s']:
+            data['max_age_s'] = cfg['tracker_max_age_s']
+        if cfg['tracker_merge_radius_m']:
+            data['merge_radius_m'] = cfg['tracker_merge_radius_m']
+        return TrackerConfig.from_dict(data, source=cfg['tracker_file'] or None)
 
     def _fusion_config(self) -> FusionConfig:
         return FusionConfig.for_method(self.cfg['detection_fusion'], self.cfg['fusion_radius_m'],
@@ -278,6 +320,15 @@ class AggregatorNode(Node):
             return self._reject('unknown_device', dev, f'device_id {msg.device_id!r} on the topic of {dev}')
         if msg.codec_version != CODEC_VERSION:
             return self._reject('bad_codec', dev, f'codec_version {msg.codec_version} != {CODEC_VERSION}')
+        problem = self._implausible(msg)
+        if problem:
+            # Checked before anything is unpacked: a 50 MB payload costs no memory beyond the message.
+            return self._reject('bad_payload', dev, problem)
+        stamp = cv.msg_to_time(msg.header.stamp)
+        verdict = self._stamp_verdict(dev, stamp, now)
+        if verdict:
+            return self._reject(verdict, dev, f'sensor stamp {stamp:.3f} s, clock {now:.3f} s, newest '
+                                              f'accepted {self._last_stamp.get(dev, math.nan):.3f} s')
         try:
             if self.cfg['verify_auth'] and not self.keyring.verify(fm.packet_fields(msg), bytes(msg.auth_tag)):
                 return self._reject('auth_failed', dev, 'authentication tag does not verify')
@@ -288,16 +339,11 @@ class AggregatorNode(Node):
         n = self.pipeline.num_symbols if self.pipeline is not None else None
         if symbols.ndim != 2 or symbols.shape[1] != 2 or (n is not None and symbols.shape[0] != n):
             return self._reject('bad_payload', dev, f'shape {symbols.shape}, expected ({n}, 2)')
+        if float(np.abs(symbols).max(initial=0.0)) > MAX_SYMBOL:
+            return self._reject('bad_payload', dev, f'symbols up to {np.abs(symbols).max():.3g}, '
+                                                    f'beyond any channel output (|x| <= {MAX_SYMBOL:g})')
+        self._last_stamp[dev] = stamp
         pose = fm.pose_xyyaw(msg.device_pose)
-        if not all(math.isfinite(v) for v in pose):
-            return self._reject('bad_payload', dev, 'device pose is not finite')
-        stamp = cv.msg_to_time(msg.header.stamp)
-        last = self.tracker.last_time_s
-        if last is not None and stamp < last - 5.0:
-            # Time went backwards (a bag looped, the simulator restarted): start over.
-            self.get_logger().warn(f'stamps jumped back {last - stamp:.1f} s; resetting the tracker')
-            self.tracker.reset()
-            self.sync.reset()
         packet = ReceivedPacket(dev, symbols, float(msg.snr_db), float(msg.distance_m), pose)
         # The exact stamp travels along: float seconds lose nanoseconds at epoch scale.
         result = self.sync.add(TimedPacket(dev, stamp, now, (packet, msg.header.stamp)))
@@ -307,10 +353,61 @@ class AggregatorNode(Node):
         if result != 'accepted':
             self.diag.count(result)
 
+    def _implausible(self, msg: SemanticFeature) -> str:
+        """Why a packet's header fields cannot come from a real device ('' when plausible)."""
+        n = self.pipeline.num_symbols if self.pipeline is not None else None
+        if n is not None:
+            shape = tuple(int(v) for v in msg.shape)
+            if shape != (n, 2):
+                return f'shape {list(shape)}, expected [{n}, 2]'
+            bits = int(msg.bits_per_element)
+            if 1 <= bits <= 8 and len(msg.payload) != (2 * n * bits + 7) // 8:
+                return f'payload of {len(msg.payload)} bytes, expected {(2 * n * bits + 7) // 8} at {bits} bits'
+        elif len(msg.payload) > MAX_PAYLOAD_BYTES:
+            return f'payload of {len(msg.payload)} bytes (limit {MAX_PAYLOAD_BYTES})'
+        x, y, yaw = fm.pose_xyyaw(msg.device_pose)
+        if not all(math.isfinite(v) for v in (x, y, yaw, msg.device_pose.position.z)):
+            return 'device pose is not finite'
+        if max(abs(x), abs(y), abs(msg.device_pose.position.z)) > MAX_POSE_M:
+            return f'device pose ({x:.3g}, {y:.3g}) beyond {MAX_POSE_M:g} m of the world origin'
+        snr, dist = float(msg.snr_db), float(msg.distance_m)
+        if math.isfinite(snr) and not -MAX_SNR_DB <= snr <= MAX_SNR_DB:
+            return f'snr_db {snr:.3g} outside [-{MAX_SNR_DB:g}, {MAX_SNR_DB:g}]'
+        if math.isinf(snr) or math.isinf(dist):
+            return 'snr_db or distance_m is infinite (NaN means unknown)'
+        if math.isfinite(dist) and not 0.0 <= dist <= MAX_POSE_M:
+            return f'distance_m {dist:.3g} outside [0, {MAX_POSE_M:g}]'
+        return ''
+
+    def _stamp_verdict(self, dev: str, stamp: float, now: float) -> str:
+        """'' for a packet whose stamp fits the clock and the device's stream, else the counter.
+
+        Per device, so one device with a bad clock (or a replayed capture) never blanks the
+        others and never resets the tracker; the tracker restarts only when the node's own clock
+        jumps back (a bag loop or a simulator restart, seen in ``_process``).
+        """
+        age, lead = self.cfg['max_stamp_age_s'], self.cfg['max_stamp_lead_s']
+        if stamp <= 0.0 or (age > 0 and stamp < now - age):
+            return 'stale_stamp'
+        if lead > 0 and stamp > now + lead:
+            return 'future_stamp'
+        last = self._last_stamp.get(dev)
+        if last is not None and stamp <= last:
+            return 'replayed'          # same or older than what this device already delivered
+        return ''
+
     # ---- fusion -----------------------------------------------------------------------------
 
     def _process(self) -> None:
         now = self._now()
+        if self._last_clock is not None and now < self._last_clock - 1.0:
+            # The clock went back (a bag looped, the simulator restarted): start over.
+            self.get_logger().warn(f'clock jumped back {self._last_clock - now:.1f} s; resetting the tracker')
+            self.tracker.reset()
+            self.sync.reset()
+            self._last_stamp.clear()
+            self.diag.count('clock_jumps')
+        self._last_clock = now
         for dev, s in self.sync.staleness(now).items():
             self.diag.set(f'{dev}.since_heard_s', s['since_heard_s'])
             self.diag.set(f'{dev}.link_latency_s', s['latency_s'])
@@ -324,7 +421,7 @@ class AggregatorNode(Node):
         t0 = time.monotonic()
         try:
             results = self.pipeline.run([[p.data[0] for p in g.packets.values()] for g in groups])
-        except (DisacError, ValueError, RuntimeError) as exc:
+        except Exception as exc:       # torch errors too: one bad batch must not stop the node
             self.diag.count('decode_errors', len(groups))
             self._throttle.warning(f'fusion failed for {len(groups)} group(s): {exc}', key='decode')
             return
@@ -340,6 +437,7 @@ class AggregatorNode(Node):
             out.objects = [track_to_msg(t) for t in tracks]
             self.tracks_pub.publish(out)
             self.markers_pub.publish(tracks_to_markers(out))
+            self.detections.publish(out)
             w = AggregationWeights()
             w.header = cv.make_header(stamp, self.cfg['world_frame'])
             w.device_ids = list(res.device_ids)
@@ -363,7 +461,7 @@ class AggregatorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    return run_node(AggregatorNode, args=args, name='aggregator_node')
+    return run_node(AggregatorNode, args=args, name='aggregator_node', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ then ``start_delay_s``; before exiting it waits until every message is acknowled
 from __future__ import annotations
 
 import sys
+from typing import Any
 import threading
 import time
 
@@ -43,8 +44,10 @@ PARAMS = (
     Param('clock_rate_hz', 100.0, '/clock rate between messages (0 = only at messages)', minimum=0.0),
     Param('start_offset_s', 0.0, 'skip this much of the bag at the start (bag seconds)', minimum=0.0),
     Param('topics', ['all'], "topics to play: 'all', exact names, or 're:<regex>'"),
-    Param('wait_for_subscribers', 0, 'wait for this many subscriptions on every topic before playing',
-          minimum=0, maximum=1000),
+    Param('wait_for_subscribers', 0, 'wait for this many subscriptions on every topic of wait_topics '
+          'before playing', minimum=0, maximum=1000),
+    Param('wait_topics', ['all'], "topics the wait applies to: 'all', exact names, or 're:<regex>' "
+          '(e.g. only the sensor topics the graph consumes)'),
     Param('wait_timeout_s', 10.0, 'give up waiting for subscribers after this long (then play anyway)',
           minimum=0.0),
     Param('start_delay_s', 0.0, 'pause before the first message (after any wait for subscribers)',
@@ -57,8 +60,9 @@ PARAMS = (
 class BagPlayer(Node):
     """Publishes a bag's messages from a worker thread; the executor thread serves the node."""
 
-    def __init__(self) -> None:
-        super().__init__('bag_player')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('bag_player', **node_kwargs)
         self._name = self.get_name()
         self.cfg = declare_params(self, PARAMS)
         if not self.cfg['bag']:
@@ -83,7 +87,8 @@ class BagPlayer(Node):
             qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if t.latched else DurabilityPolicy.VOLATILE)
-            self._pubs[t.topic] = self.create_publisher(cls, t.topic, qos)
+            # Relative: a namespaced player replays '/dev0/camera/image_raw' as '/<ns>/dev0/...'.
+            self._pubs[t.topic] = self.create_publisher(cls, t.topic.lstrip('/'), qos)
         if not self._pubs:
             raise ConfigError(f'{self.get_name()}.topics', f'no playable topic in {self.cfg["bag"]}')
         self._clock_pub = (self.create_publisher(Clock, '/clock', QoSProfile(
@@ -99,12 +104,13 @@ class BagPlayer(Node):
         need = self.cfg['wait_for_subscribers']
         if need <= 0:
             return True
+        watched = {t: p for t, p in self._pubs.items() if topic_matches(t, self.cfg['wait_topics'])}
         deadline = time.monotonic() + self.cfg['wait_timeout_s']
         while not self._stop.is_set() and time.monotonic() < deadline:
-            if all(p.get_subscription_count() >= need for p in self._pubs.values()):
+            if all(p.get_subscription_count() >= need for p in watched.values()):
                 return True
             time.sleep(0.05)
-        missing = [t for t, p in self._pubs.items() if p.get_subscription_count() < need]
+        missing = [t for t, p in watched.items() if p.get_subscription_count() < need]
         if missing:
             self.get_logger().warn(f'playing without {need} subscriber(s) on {missing}')
         return not missing
@@ -194,7 +200,7 @@ def _spin(node: BagPlayer) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: play, then exit 0 (or keep serving until SIGINT with exit_when_done:=false)."""
-    return run_node(BagPlayer, _spin, args=args, name='bag_player')
+    return run_node(BagPlayer, _spin, args=args, name='bag_player', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

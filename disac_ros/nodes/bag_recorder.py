@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 import importlib
 import sys
+from typing import Any
 import time
 
 import rclpy
@@ -48,8 +49,9 @@ def message_class(msgtype: str) -> type:
 class BagRecorder(Node):
     """Subscribes (raw) to matching topics as they appear and writes every message to a bag."""
 
-    def __init__(self) -> None:
-        super().__init__('bag_recorder')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('bag_recorder', **node_kwargs)
         self._name = self.get_name()
         self.cfg = declare_params(self, PARAMS)
         output = self.cfg['output'] or datetime.now().strftime('bags/disac_%Y%m%d_%H%M%S')
@@ -130,7 +132,7 @@ def _spin(node: BagRecorder) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: record until SIGINT/SIGTERM or max_duration_s; the bag is closed either way."""
-    return run_node(BagRecorder, _spin, args=args, name='bag_recorder')
+    return run_node(BagRecorder, _spin, args=args, name='bag_recorder', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -39,7 +39,7 @@ from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
-from disac_ros.nodes.params import Param, declare_params
+from disac_ros.nodes.params import Param, declare_params, on_parameter_change
 from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
 
 PARAMS = (
@@ -52,15 +52,17 @@ PARAMS = (
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
     Param('warm_up', True, 'run the model once on a blank frame after loading, so the first real '
                            'frame is not slowed by first-call costs'),
-    Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0),
+    Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0, read_only=False),
     Param('sensor_qos', 'sensor_data', 'QoS of the camera and RF subscriptions', choices=('sensor_data', 'reliable')),
     Param('lifespan_s', 1.0, 'lifespan of published features (s); 0 = infinite', minimum=0.0),
-    Param('bits', 8, 'quantisation bits per I/Q component', minimum=2, maximum=8),
+    Param('bits', 8, 'quantisation bits per I/Q component', minimum=2, maximum=8, read_only=False),
     Param('world_frame', 'world', 'frame of the device pose'),
     Param('base_frame', '', 'tf child frame of the device; empty = <device_id>/base_link'),
     Param('static_pose', '', "'x y z yaw' fixed device pose (roadside unit without tf); empty = from /tf"),
-    Param('pose_tolerance_s', 0.5, 'max |tf stamp - image stamp| for the pose (s)', minimum=0.0),
-    Param('pose_wait_s', 0.05, 'wait up to this long for the /tf of a frame\'s instant (s)', minimum=0.0),
+    Param('pose_tolerance_s', 0.5, 'max |tf stamp - image stamp| for the pose (s)', minimum=0.0,
+          read_only=False),
+    Param('pose_wait_s', 0.05, 'wait up to this long for the /tf of a frame\'s instant (s)', minimum=0.0,
+          read_only=False),
     Param('key_file', '', 'KeyRing file (YAML/JSON) to sign features; empty = no key file'),
     Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret to sign features; empty = unsigned"),
     Param('process_period_s', 0.01, 'how often the newest pair is processed (s)', minimum=0.001),
@@ -95,26 +97,29 @@ class DeviceNode(Node):
         self._last_paired_stamp = -math.inf
         self._paired_at = 0.0
         self.poses = fm.PoseCache(cfg['world_frame'], self.base_frame)
+        self.seq = 0
+        self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
+                                warn_if=lambda v: f'no model: {self.model.error}' if self.model.error else None)
+        for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose', 'processing_errors'):
+            self.diag.set(key, 0.0)
+        self._warn = LogThrottle(self).warning   # bad streams must not flood the log
+        # A missing or corrupt model must not kill the device: keep reporting and retry. Loaded
+        # before the subscriptions exist, so a matched subscription means a ready device.
+        self.model = RetryingModelLoader(
+            self, self.diag, 'device model', cfg['model_dir'],
+            build=self._build_pipeline, on_loaded=self._on_model_loaded)
         self.create_subscription(Image, cfg['camera_topic'], self._on_image, qos_in)
         self.create_subscription(RfFrame, cfg['rf_topic'], self._on_rf, qos_in)
         if self.static_pose is None:
+            # Absolute, as tf is; a namespaced fleet remaps it (/tf:=/<namespace>/tf).
             self.create_subscription(TFMessage, '/tf', self.poses.add_tf, reliable_qos(100))
         out_qos = sensor_qos(5)
         if cfg['lifespan_s'] > 0:
             out_qos = QoSProfile(history=out_qos.history, depth=out_qos.depth, reliability=out_qos.reliability,
                                  durability=out_qos.durability, lifespan=Duration(seconds=cfg['lifespan_s']))
         self.pub = self.create_publisher(SemanticFeature, cfg['feature_topic'], out_qos)
-        self.seq = 0
-        self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
-                                warn_if=lambda v: f'no model: {self.model.error}' if self.model.error else None)
-        for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose'):
-            self.diag.set(key, 0.0)
-        self._warn = LogThrottle(self).warning   # bad streams must not flood the log
+        on_parameter_change(self, PARAMS, self.cfg, lambda changed: None)   # read where used
         self.create_timer(cfg['process_period_s'], self._process)
-        # A missing or corrupt model must not kill the device: keep reporting and retry.
-        self.model = RetryingModelLoader(
-            self, self.diag, 'device model', cfg['model_dir'],
-            build=self._build_pipeline, on_loaded=self._on_model_loaded)
         self.get_logger().info(f'{self.device_id}: {self.get_namespace()}/{cfg["camera_topic"]} + '
                                f'{cfg["rf_topic"]} -> {self.pub.topic_name} '
                                f'({"signed" if self.keyring else "unsigned"}, {cfg["bits"]} bits, '
@@ -207,6 +212,10 @@ class DeviceNode(Node):
             self.diag.count('bad_input')
             self._warn(f'skipping frame at {t_img:.3f}: {exc}')
             return
+        except Exception as exc:       # e.g. a torch RuntimeError: one frame must not kill the device
+            self.diag.count('processing_errors')
+            self._warn(f'skipping frame at {t_img:.3f}: processing failed: {exc!r}', key='processing')
+            return
         msg = fm.feature_msg(self.device_id, self.seq, img_msg.header.stamp, self.cfg['world_frame'], pose,
                              payload, self.keyring, CODEC_VERSION)
         self.pub.publish(msg)
@@ -219,7 +228,7 @@ class DeviceNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error, 1 on a bad model."""
-    return run_node(DeviceNode, args=args, name='device_node')
+    return run_node(DeviceNode, args=args, name='device_node', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

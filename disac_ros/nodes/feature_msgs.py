@@ -143,5 +143,6 @@ def payload_array(msg: SemanticFeature) -> np.ndarray:
 
 
 def device_topic(device_id: str, topic: str) -> str:
-    """'/<device_id>/<topic>' (a topic starting with '/' is used as is)."""
-    return topic if topic.startswith('/') else f'/{device_id}/{topic}'
+    """'<device_id>/<topic>', relative so it resolves under the node's namespace (a topic
+    starting with '/' is used as is)."""
+    return topic if topic.startswith('/') else f'{device_id}/{topic}'

@@ -1,8 +1,8 @@
 """link_node (simulation only): the wireless channel between every device and the aggregator.
 
-For each configured device it subscribes to ``/<device_id>/<input_topic>`` (default
-``/<dev>/semantic/feature``) and republishes on ``/<device_id>/<output_topic>`` (default
-``/<dev>/link/feature``) what the aggregator's radio would receive, using
+For each configured device it subscribes to ``<device_id>/<input_topic>`` under its own namespace
+(default ``/<dev>/semantic/feature``; ``/site1/<dev>/...`` in namespace ``site1``) and republishes on
+``<device_id>/<output_topic>`` (default ``/<dev>/link/feature``) what the aggregator's radio would receive, using
 :class:`disac_ros.core.link.LinkEmulator`: distance from the device pose in the message to the
 aggregator position, SNR from the path-loss model (or fixed), packet loss (fixed and/or
 SNR-dependent), Rayleigh/AWGN fading and noise on the symbols, re-quantisation, delay + jitter
@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import sys
+from typing import Any
 import time
 
 from rclpy.node import Node
@@ -36,9 +37,9 @@ from disac_ros.nodes.qos import qos_by_name
 
 PARAMS = (
     Param('device_ids', ['auto'], "devices whose features cross this link; ['auto'] = every device that "
-                                  'publishes /<device_id>/<input_topic> (graph scanned every second)'),
-    Param('input_topic', 'semantic/feature', 'per-device input topic, under /<device_id>/'),
-    Param('output_topic', 'link/feature', 'per-device output topic, under /<device_id>/'),
+                                  'publishes <namespace>/<device_id>/<input_topic> (graph scanned every second)'),
+    Param('input_topic', 'semantic/feature', 'per-device input topic, under <namespace>/<device_id>/'),
+    Param('output_topic', 'link/feature', 'per-device output topic, under <namespace>/<device_id>/'),
     Param('qos', 'sensor_data', 'QoS of inputs and outputs', choices=('sensor_data', 'reliable')),
     Param('seed', 0, 'seed of every random draw (per device: seed + device id)', minimum=0),
     Param('aggregator_x', 0.0, 'aggregator (receiver) x in the world frame (m)'),
@@ -63,8 +64,9 @@ PARAMS = (
 class LinkNode(Node):
     """Emulates every device's wireless link (see module doc)."""
 
-    def __init__(self) -> None:
-        super().__init__('link')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('link', **node_kwargs)
         cfg = declare_params(self, PARAMS)
         self.cfg = cfg
         try:
@@ -106,12 +108,14 @@ class LinkNode(Node):
         self.get_logger().info(f'link for {dev}: {src} -> {dst}')
 
     def _scan(self) -> None:
-        """Start a link for every new /<device_id>/<input_topic> publisher."""
+        """Start a link for every new <namespace>/<device_id>/<input_topic> publisher."""
         suffix = '/' + self.cfg['input_topic'].strip('/')
+        prefix = self.get_namespace().rstrip('/') + '/'
         for topic, types in self.get_topic_names_and_types():
-            if not topic.endswith(suffix) or 'disac_interfaces/msg/SemanticFeature' not in types:
+            if not topic.endswith(suffix) or not topic.startswith(prefix) \
+                    or 'disac_interfaces/msg/SemanticFeature' not in types:
                 continue
-            dev = topic[:-len(suffix)].strip('/')
+            dev = topic[len(prefix):-len(suffix)]
             if dev and '/' not in dev and dev not in self._pubs and self.count_publishers(topic) > 0:
                 self._add_device(dev)
 
@@ -153,7 +157,7 @@ class LinkNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    return run_node(LinkNode, args=args, name='link_node')
+    return run_node(LinkNode, args=args, name='link_node', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 import time
 
 import numpy as np
@@ -42,7 +43,7 @@ from disac_ros.nodes.qos import qos_by_name, reliable_qos
 
 PARAMS = (
     Param('device_ids', ['dev0'], 'devices to synthesise RF for'),
-    Param('objects_topic', '/world/ground_truth', 'TrackedObjectArray of the objects (world frame)'),
+    Param('objects_topic', 'world/ground_truth', 'TrackedObjectArray of the objects (world frame)'),
     Param('rf_topic', 'rf/frame', 'output topic under /<device_id>/'),
     Param('world_frame', 'world', 'frame of the objects and device poses'),
     Param('static_poses', [''], "per device 'dev x y z yaw' for devices without /tf (roadside units)"),
@@ -67,8 +68,9 @@ _CLASS_SIZE = {'car': (4.5, 1.9, 1.5), 'truck': (8.0, 2.5, 3.2), 'pedestrian': (
 class RfSynthNode(Node):
     """Synthesises one radar cube per device per objects message (see module doc)."""
 
-    def __init__(self) -> None:
-        super().__init__('rf_synth')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('rf_synth', **node_kwargs)
         cfg = declare_params(self, PARAMS)
         self.cfg = cfg
         try:
@@ -182,7 +184,7 @@ class RfSynthNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    return run_node(RfSynthNode, args=args, name='rf_synth_node')
+    return run_node(RfSynthNode, args=args, name='rf_synth_node', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ import dataclasses
 import math
 from pathlib import Path
 import sys
+from typing import Any
 import time
 
 from rclpy.clock import Clock, ClockType
@@ -86,8 +87,9 @@ def stall_catch_up_s(lost_s: float, period_s: float) -> float:
 class WorldNode(Node):
     """Steps a World on a wall timer and publishes its sensors, poses and ground truth."""
 
-    def __init__(self) -> None:
-        super().__init__('world')
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
+        super().__init__('world', **node_kwargs)
         cfg = declare_params(self, PARAMS)
         self.cfg = cfg
         # Imported here: the simulator pulls in Genesis, which is slow to import; fail on params first.
@@ -206,7 +208,7 @@ class WorldNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    return run_node(WorldNode, args=args, name='world_node')
+    return run_node(WorldNode, args=args, name='world_node', params=PARAMS, doc=__doc__)
 
 
 if __name__ == '__main__':
