@@ -53,6 +53,7 @@ setup(
             'link_node = disac_ros.nodes.link_node:main',
             'aggregator_node = disac_ros.nodes.aggregator_node:main',
             'rf_synth_node = disac_ros.nodes.rf_synth_node:main',
+            'container = disac_ros.nodes.container:main',    # several nodes in one process
             # Tools
             'disac_fleet = disac_ros.tools.fleet:main',
             'disac-bag = disac_ros.tools.bag:main',

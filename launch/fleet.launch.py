@@ -2,22 +2,31 @@
 
     ros2 launch disac_ros fleet.launch.py [config:=FILE] [num_devices:=K] [source:=sim|bag|external]
         [bag:=DIR] [scenario:=FILE] [namespace:=NS] [use_sim_time:=true|false] [params_file:=FILE]
-        [log_level:=info]
+        [log_level:=info] [use_composition:=false]
 
 ``scenario:=FILE`` runs that scenario with its own device ids (the world simulates it; num_devices
-defaults to its device count), like ``disac_fleet --scenario FILE``.
+defaults to its device count), like ``disac_fleet --scenario FILE``. ``use_composition:=true`` hosts
+the world, devices, link and aggregator in one process (``disac_ros container``), like
+``disac_fleet --use-composition``; topics, parameters and diagnostics are the same.
 
 The node list comes from disac_ros.core.fleet_config.build_fleet, the same function the fallback
 runner (disac_fleet) uses, so both start the same nodes with the same parameters. Only long-stable
 launch APIs are used (DeclareLaunchArgument, OpaqueFunction, LaunchConfiguration, launch_ros Node).
 """
+from pathlib import Path
+import tempfile
+
+import yaml
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from disac_ros.core.errors import ConfigError
-from disac_ros.core.fleet_config import SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml
+from disac_ros.core.fleet_config import (SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml,
+                                         params_file_content)
+from disac_ros.nodes.container import COMPOSABLE, member_argument
 
 ARGUMENTS = (
     ('config', '', 'fleet YAML; empty = the installed config/fleet.yaml', None),
@@ -33,6 +42,7 @@ ARGUMENTS = (
                          'node\'s own (source:=bag turns it on)', None),
     ('params_file', '', 'extra ROS 2 parameters file applied to every node (after fleet.yaml)', None),
     ('log_level', 'info', 'ROS log level of every node', ('debug', 'info', 'warn', 'error', 'fatal')),
+    ('use_composition', 'false', 'true: world, devices, link and aggregator share one process', None),
 )
 
 
@@ -62,14 +72,27 @@ def _launch_nodes(context, *args, **kwargs):
     config = LaunchConfiguration('config').perform(context).strip() or str(find_default_config())
     specs = build_fleet(load_fleet_yaml(config), fleet_options(context))
     log_level = LaunchConfiguration('log_level').perform(context)
-    return [
+    compose = LaunchConfiguration('use_composition').perform(context).strip().lower()
+    if compose not in ('true', 'false'):
+        raise ConfigError('use_composition', f'expected true or false, got {compose!r}')
+    hosted = [s for s in specs if compose == 'true' and s.package == 'disac_ros' and s.executable in COMPOSABLE]
+    actions = [
         Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
              parameters=[dict(spec.parameters), *spec.params_files],
              remappings=list(spec.remappings),
              arguments=['--ros-args', '--log-level', log_level],
              output='screen')
-        for spec in specs
+        for spec in specs if spec not in hosted
     ]
+    if hosted:
+        # One process; each member's parameters are keyed by its full name in one params file.
+        params = Path(tempfile.mkdtemp(prefix='disac_launch_')) / 'fleet_params.yaml'
+        params.write_text(yaml.safe_dump(params_file_content(hosted), sort_keys=False))
+        members = [a for s in hosted for a in ('--member', member_argument(s.executable, s.fqn, s.remappings))]
+        files = [a for f in (str(params), *hosted[0].params_files) for a in ('--params-file', f)]
+        actions.append(Node(package='disac_ros', executable='container', output='screen',
+                            arguments=[*members, '--ros-args', *files, '--log-level', log_level]))
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -103,28 +103,33 @@ def test_runner_can_host_every_device_node_in_one_process(tmp_path):
     groups = runner.process_groups(specs, True)
     devices = [s for s in specs if s.executable == 'device_node']
     assert len(groups) == len(specs) - len(devices) + 1
-    label, members = groups[[g[0] for g in groups].index(runner.DEVICE_GROUP)]
+    label, members = groups[[g[0] for g in groups].index(runner.CONTAINER)]
     assert members == devices
     params = runner.write_params_file(specs, str(tmp_path))
     cmd = runner.group_command(members, params, 'warn')
-    assert cmd[:3] == [sys.executable, '-m', 'disac_ros.nodes.device_group']
-    assert cmd[3:9] == ['--member', '/dev0/device_node|semantic/feature:=/link/dev0/in',
-                        '--member', '/dev1/device_node|semantic/feature:=/link/dev1/in',
-                        '--member', '/dev2/device_node|semantic/feature:=/link/dev2/in']
+    assert cmd[:3] == [sys.executable, '-m', 'disac_ros.nodes.container']
+    assert cmd[3:9] == ['--member', 'device_node@/dev0/device_node|semantic/feature:=/link/dev0/in',
+                        '--member', 'device_node@/dev1/device_node|semantic/feature:=/link/dev1/in',
+                        '--member', 'device_node@/dev2/device_node|semantic/feature:=/link/dev2/in']
     assert cmd[9:] == ['--ros-args', '--params-file', params, '--params-file', '/etc/extra.yaml',
                        '--log-level', 'warn']
     fleet = runner.Fleet(specs, 'info', share_device_process=True)
-    assert sum('disac_ros.nodes.device_group' in c for c in fleet.commands()) == 1
+    assert sum('disac_ros.nodes.container' in c for c in fleet.commands()) == 1
+    # use_composition: every composable node (world, devices, aggregator) in one process.
+    composed = runner.process_groups(specs, False, use_composition=True)
+    assert composed[0][0] is runner.CONTAINER and len(composed) == 1
+    assert [m.fqn for m in composed[0][1]] == [s.fqn for s in specs]
 
 
-def test_device_group_member_syntax():
-    from disac_ros.nodes.device_group import node_cli_args, parse_member
-    assert parse_member('/dev0/device_node') == ('/dev0', 'device_node', [])
-    ns, name, remaps = parse_member('/a/b/device_node|camera/image_raw:=cam')
-    assert (ns, name, remaps) == ('/a/b', 'device_node', ['camera/image_raw:=cam'])
-    assert node_cli_args(ns, name, remaps) == ['--ros-args', '-r', '__ns:=/a/b', '-r',
-                                               '__node:=device_node', '-r', 'camera/image_raw:=cam']
-    for bad in ('dev0', '/dev0/device_node|nocolon', '/dev0/'):
+def test_container_member_syntax():
+    from disac_ros.nodes.container import Member, member_argument, node_cli_args, parse_member
+    assert parse_member('/dev0/device_node') == Member('device_node', '/dev0', 'device_node', [])
+    m = parse_member('aggregator_node@/a/b/agg|tracks:=t')
+    assert m == Member('aggregator_node', '/a/b', 'agg', ['tracks:=t'])
+    assert parse_member(member_argument('aggregator_node', '/a/b/agg', [('tracks', 't')])) == m
+    assert node_cli_args(m.namespace, m.name, m.remaps) == ['--ros-args', '-r', '__ns:=/a/b', '-r',
+                                                            '__node:=agg', '-r', 'tracks:=t']
+    for bad in ('dev0', '/dev0/device_node|nocolon', '/dev0/', 'bag_player@/bag_player'):
         with pytest.raises(ConfigError, match='--member'):
             parse_member(bad)
 

@@ -11,8 +11,9 @@ Every fleet uses a FAKE, UNTRAINED model (test/fake_model.py) and the world with
   structural one is refused with the reason.
 - A terminal Ctrl-C (SIGINT to the whole process group, then launch's own SIGINT) ends every node
   with exit 0, no traceback and no SIGTERM escalation.
-- ``source:=bag`` replays a bag without losing its start (the shipped fleet.yaml waits for the
-  devices) and runs on the bag's clock.
+- ``source:=bag use_composition:=true`` replays a bag without losing its start (the shipped
+  fleet.yaml waits for the devices) on the bag's clock, devices, link and aggregator in one process
+  (site2 runs composed through the fallback runner too).
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_two_namespaced_fleets_param_set_and_terminal_ctrl_c(tmp_path):
         obs.subscribe(f'/{site}/aggregator/weights', AggregationWeights, reliable_qos(50))
     site1 = _launch(['namespace:=site1', 'num_devices:=2', f'params_file:={params}', 'use_sim_time:=False'],
                     domain, tmp_path / 'site1.log')
-    site2 = Proc.python('disac_ros.tools.fleet', '--namespace', 'site2', '--num-devices', '1',
+    site2 = Proc.python('disac_ros.tools.fleet', '--namespace', 'site2', '--num-devices', '1', '--use-composition',
                         '--params-file', str(params), env=ros_env(domain), log=tmp_path / 'site2.log')
     try:
         def devices(site: str) -> set:
@@ -148,7 +149,7 @@ def test_bag_source_keeps_the_start_of_the_bag(tmp_path):
     domain = new_domain_id()
     obs = Observer(domain)
     obs.subscribe('/aggregator/tracks', TrackedObjectArray, reliable_qos(100))
-    proc = _launch(['source:=bag', f'bag:={tmp_path / "bag"}', 'num_devices:=2',
+    proc = _launch(['source:=bag', f'bag:={tmp_path / "bag"}', 'num_devices:=2', 'use_composition:=true',
                     f'params_file:={_params_file(tmp_path)}'], domain, tmp_path / 'bag.log')
     try:
         # The player exits when the bag is done; the rest keeps running until Ctrl-C.
@@ -159,7 +160,7 @@ def test_bag_source_keeps_the_start_of_the_bag(tmp_path):
         assert obs.wait_until(lambda: len(obs.messages('/aggregator/tracks')) >= frames - 2, 15), \
             f'{len(obs.messages("/aggregator/tracks"))} track messages for a {frames}-frame bag\n{proc.tail()}'
         rc = _terminal_ctrl_c(proc)
-        _assert_clean_stop(proc, rc, processes=5)     # player, 2 devices, link, aggregator
+        _assert_clean_stop(proc, rc, processes=2)     # player; 2 devices, link and aggregator composed
     finally:
         if proc.proc.poll() is None:
             proc.kill()

@@ -109,9 +109,10 @@ PARAMS = (
           minimum=0.0, exclusive_minimum=True, read_only=False),
     Param('active_timeout_s', 1.0, 'a device not heard from for this long is not waited for (s)',
           minimum=0.0, exclusive_minimum=True, read_only=False),
-    Param('max_stamp_age_s', 2.0, "refuse (count 'stale_stamp') a packet whose sensor stamp is older "
-          "than the node's clock minus this (replays, dead clocks; 0 = off). Bags need "
-          'use_sim_time:=true', minimum=0.0, read_only=False),
+    Param('max_stamp_age_s', 10.0, "refuse (count 'stale_stamp') a packet whose sensor stamp is older "
+          "than the node's clock minus this (replays, dead clocks; 0 = off; generous because an "
+          'overloaded simulator\'s stamps trail the wall clock). Bags need use_sim_time:=true',
+          minimum=0.0, read_only=False),
     Param('max_stamp_lead_s', 0.5, "refuse (count 'future_stamp') a packet stamped more than this "
           "ahead of the node's clock (a device clock running fast; 0 = off)", minimum=0.0, read_only=False),
     Param('verify_auth', False, 'require a valid authentication tag on every packet'),

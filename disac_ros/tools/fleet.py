@@ -6,7 +6,8 @@ each node as ``<this python> -m <module> --ros-args -r __node:=<name> -r __ns:=<
 --params-file <generated> [--params-file <yours>] --log-level <level>``, prefixes each child's
 output with ``[<node>]``, forwards SIGINT/SIGTERM, restarts nothing, and exits 0 after a clean stop
 (1 if a child failed, 2 on a configuration error). ``--share-device-process`` starts every device
-node in one process instead (``disac_ros.nodes.device_group``), the rest unchanged. ``--scenario
+node in one process instead, ``--use-composition`` every composable node (world, devices, link,
+aggregator; ``disac_ros.nodes.container``), the rest unchanged. ``--scenario
 FILE`` runs that scenario with its own device ids (the world simulates it; K defaults to its device
 count); ``--list-devices`` prints the device ids the fleet would use, one per line (scripts use it).
 """
@@ -29,6 +30,7 @@ import disac_ros
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import (SOURCES, FleetOptions, NodeSpec, build_fleet, find_default_config,
                                          fleet_device_ids, load_fleet_yaml, params_file_content)
+from disac_ros.nodes.container import COMPOSABLE, member_argument
 
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 EXIT_OK, EXIT_CHILD_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -68,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--share-device-process', action='store_true',
                    help='host all device nodes in one process (saves ~2 CPU-s of start-up per '
                         'device on a small machine; killing it stops every device)')
+    p.add_argument('--use-composition', action='store_true',
+                   help='host every composable node (world, devices, link, aggregator) in one '
+                        'process, like use_composition:=true of fleet.launch.py')
     p.add_argument('--stop-timeout', type=float, default=10.0,
                    help='seconds to wait for nodes after SIGINT before SIGTERM/SIGKILL (default 10)')
     p.add_argument('--dry-run', action='store_true', help='print the commands and parameters, start nothing')
@@ -109,16 +114,16 @@ def child_command(spec: NodeSpec, params_file: str, log_level: str = 'info',
     return cmd
 
 
-DEVICE_GROUP = NodeSpec(package='disac_ros', executable='device_group', name='device_group',
-                        namespace='/', module='disac_ros.nodes.device_group')
+CONTAINER = NodeSpec(package='disac_ros', executable='container', name='container',
+                     namespace='/', module='disac_ros.nodes.container')
 
 
 def group_command(members: Sequence[NodeSpec], params_file: str, log_level: str = 'info',
                   python: str = sys.executable) -> list[str]:
-    """The argv that hosts several device nodes in one process (disac_ros.nodes.device_group)."""
-    cmd = [python, '-m', DEVICE_GROUP.module or '']
+    """The argv that hosts several nodes in one process (disac_ros.nodes.container)."""
+    cmd = [python, '-m', CONTAINER.module or '']
     for m in members:
-        cmd += ['--member', m.fqn + ''.join(f'|{src}:={dst}' for src, dst in m.remappings)]
+        cmd += ['--member', member_argument(m.executable, m.fqn, m.remappings)]
     cmd += ['--ros-args', '--params-file', params_file]
     for f in members[0].params_files:
         cmd += ['--params-file', f]
@@ -126,16 +131,21 @@ def group_command(members: Sequence[NodeSpec], params_file: str, log_level: str 
     return cmd
 
 
-def process_groups(specs: Sequence[NodeSpec],
-                   share_device_process: bool) -> list[tuple[NodeSpec, list[NodeSpec]]]:
-    """(label, nodes) per process to start, in start order: one node each, or all device nodes
-    in one process (placed where the first one was) with ``share_device_process``."""
-    devices = [s for s in specs if s.executable == 'device_node']
+def process_groups(specs: Sequence[NodeSpec], share_device_process: bool,
+                   use_composition: bool = False) -> list[tuple[NodeSpec, list[NodeSpec]]]:
+    """(label, nodes) per process to start, in start order: one node each; all device nodes in
+    one process with ``share_device_process``; every composable node in one process with
+    ``use_composition`` (placed where the first hosted one was)."""
+    def hosted(s: NodeSpec) -> bool:
+        if use_composition:
+            return s.package == 'disac_ros' and s.executable in COMPOSABLE
+        return share_device_process and s.executable == 'device_node'
+    together = [s for s in specs if hosted(s)]
     groups: list[tuple[NodeSpec, list[NodeSpec]]] = []
     for s in specs:
-        if share_device_process and len(devices) > 1 and s.executable == 'device_node':
-            if s is devices[0]:
-                groups.append((DEVICE_GROUP, devices))
+        if len(together) > 1 and hosted(s):
+            if s is together[0]:
+                groups.append((CONTAINER, together))
             continue
         groups.append((s, [s]))
     return groups
@@ -209,9 +219,9 @@ class Fleet:
     """Starts, watches and stops the children."""
 
     def __init__(self, specs: Sequence[NodeSpec], log_level: str, out: TextIO = sys.stdout,
-                 share_device_process: bool = False):
+                 share_device_process: bool = False, use_composition: bool = False):
         self.specs = list(specs)
-        self.groups = process_groups(self.specs, share_device_process)
+        self.groups = process_groups(self.specs, share_device_process, use_composition)
         self.log_level = log_level
         self.out = out
         self.children: list[Child] = []
@@ -221,7 +231,7 @@ class Fleet:
 
     def commands(self) -> list[list[str]]:
         """The argv of every process, in start order."""
-        return [group_command(members, self.params_file, self.log_level) if label is DEVICE_GROUP
+        return [group_command(members, self.params_file, self.log_level) if label is CONTAINER
                 else child_command(label, self.params_file, self.log_level)
                 for label, members in self.groups]
 
@@ -240,7 +250,7 @@ class Fleet:
         try:
             for (label, members), argv in zip(self.groups, self.commands()):
                 self.children.append(Child(label, argv, env, self.out))
-                hosted = f' hosting {", ".join(m.fqn for m in members)}' if label is DEVICE_GROUP else ''
+                hosted = f' hosting {", ".join(m.fqn for m in members)}' if label is CONTAINER else ''
                 self.log(f'started {label.fqn}{hosted} (pid {self.children[-1].proc.pid})')
             while not self._stop.is_set():
                 self._report_exits(stopping=False)
@@ -313,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_devices:
             print('\n'.join(device_ids))
             return EXIT_OK
-        fleet = Fleet(specs, args.log_level, share_device_process=args.share_device_process)
+        fleet = Fleet(specs, args.log_level, share_device_process=args.share_device_process,
+                      use_composition=args.use_composition)
         commands = fleet.commands()
     except ConfigError as exc:
         print(f'disac_fleet: configuration error: {exc}', file=sys.stderr)
