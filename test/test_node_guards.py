@@ -213,3 +213,26 @@ def test_device_survives_images_that_crash_or_exhaust_the_network(context, model
         assert node.diag.snapshot()['processing_errors'] == 1.0
     finally:
         node.destroy_node()
+
+
+def test_aggregator_is_a_lifecycle_node(context, model):
+    node = _aggregator(context, model, autostart=False)
+    try:
+        assert node.model is None and node.pipeline is None and not node.active
+        assert node.count_subscribers('dev0/link/feature') == 0
+        node.trigger_configure()                       # loads the model, subscribes
+        assert node.pipeline is not None and node.count_subscribers('dev0/link/feature') == 1
+        node._now = _Clock(100.0)
+        node._on_feature('dev0', _feature(node, 'dev0', 99.9))
+        assert node.diag.snapshot()['inactive_dropped'] == 1.0 and node.sync.pending == 0
+        node.trigger_activate()
+        node._on_feature('dev0', _feature(node, 'dev0', 99.95))
+        assert node.sync.pending == 1
+        node.trigger_deactivate()
+        node.trigger_cleanup()                         # model and subscriptions released
+        assert node.pipeline is None and node.count_subscribers('dev0/link/feature') == 0
+        node.trigger_configure()
+        node.trigger_activate()
+        assert node.active and node.pipeline is not None
+    finally:
+        node.destroy_node()

@@ -131,6 +131,11 @@ def test_two_namespaced_fleets_param_set_and_terminal_ctrl_c(tmp_path):
         assert any(m.objects for _, m in obs.messages('/site2/aggregator/tracks')[-10:]), \
             'site2 must not be affected by site1\'s parameter'
 
+        # Device and aggregator are managed nodes, active after autostart.
+        state = subprocess.run([_ros2(), 'lifecycle', 'get', '--no-daemon', '--spin-time', '5', '/site1/aggregator'],
+                               env=env, capture_output=True, text=True, timeout=60)
+        assert state.stdout.startswith('active'), state.stdout + state.stderr
+
         rc = _terminal_ctrl_c(site1)
         _assert_clean_stop(site1, rc, processes=5)    # world, 2 devices, link, aggregator
         assert site2.stop(signal.SIGINT, timeout=30) == 0, site2.tail()

@@ -34,7 +34,6 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from rclpy.node import Node
 
 from disac_interfaces.msg import AggregationWeights, SemanticFeature, TrackedObject, TrackedObjectArray
 from visualization_msgs.msg import MarkerArray
@@ -53,6 +52,7 @@ from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.markers import tracks_to_markers
 from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
+from disac_ros.nodes.managed import AUTOSTART, ManagedNode
 from disac_ros.nodes.params import Param, declare_params, on_parameter_change
 from disac_ros.nodes.vision_output import VisionOutput
 from disac_ros.nodes.qos import qos_by_name, reliable_qos
@@ -178,13 +178,14 @@ def parse_per_class(text: str, name: str, check: Callable[[object], tuple[float,
     return values
 
 
-class AggregatorNode(Node):
-    """Decoder + TRAM + tracker over the configured devices (see module doc)."""
+class AggregatorNode(ManagedNode):
+    """Decoder + TRAM + tracker over the configured devices (see module doc); a lifecycle node
+    (configure = load the model and subscribe, activate = fuse and publish)."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         """``node_kwargs`` go to rclpy's Node (``cli_args``, ``parameter_overrides``, ``context``: composition, tests)."""
         super().__init__('aggregator', **node_kwargs)
-        cfg = declare_params(self, PARAMS)
+        cfg = declare_params(self, PARAMS + (AUTOSTART,))
         self.cfg = cfg
         self.device_ids = list(cfg['device_ids'])
         if not self.device_ids:
@@ -207,6 +208,17 @@ class AggregatorNode(Node):
         self._throttle = LogThrottle(self)      # bad streams must not flood the log
         self._last_stamp: dict[str, float] = {}  # newest accepted sensor stamp per device
         self._last_clock: float | None = None
+        self.model: RetryingModelLoader | None = None
+        self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
+        self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
+        self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
+        self.detections = VisionOutput(self, cfg['detections_topic'], cfg['world_frame'])
+        on_parameter_change(self, PARAMS, self.cfg, self._apply_params)
+        self.start(cfg['autostart'])
+
+    def configure_io(self) -> None:
+        """Lifecycle configure: load the model, then subscribe (see ManagedNode)."""
+        cfg = self.cfg
         # A missing or corrupt model must not kill the aggregator: keep reporting and retry. Loaded
         # before the subscriptions exist, so a matched subscription means a ready aggregator.
         self.model = RetryingModelLoader(self, self.diag, 'aggregator model', cfg['model_dir'],
@@ -214,13 +226,9 @@ class AggregatorNode(Node):
         qos = qos_by_name(cfg['input_qos'])
         for dev in self.device_ids:
             topic = device_topic(dev, cfg['input_topic'])
-            self.create_subscription(SemanticFeature, topic, lambda m, d=dev: self._on_feature(d, m), qos)
-        self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
-        self.markers_pub = self.create_publisher(MarkerArray, cfg['markers_topic'], reliable_qos(5))
-        self.weights_pub = self.create_publisher(AggregationWeights, cfg['weights_topic'], reliable_qos(10))
-        self.detections = VisionOutput(self, cfg['detections_topic'], cfg['world_frame'])
-        on_parameter_change(self, PARAMS, self.cfg, self._apply_params)
-        self.create_timer(cfg['process_period_s'], self._process)
+            self.track(self.create_subscription(SemanticFeature, topic,
+                                                lambda m, d=dev: self._on_feature(d, m), qos))
+        self.track(self.create_timer(cfg['process_period_s'], self._process))
         self.get_logger().info(
             f'aggregating {self.device_ids} from {self.get_namespace().rstrip("/")}/<dev>/{cfg["input_topic"]} -> '
             f'{self.tracks_pub.topic_name} (auth {"verified" if cfg["verify_auth"] else "not checked"}, '
@@ -296,7 +304,18 @@ class AggregatorNode(Node):
         self.get_logger().info(f'loaded {pipeline.decoder_kind} decoder + TRAM from {model_dir} '
                                f'in {load_s:.2f} s{f" (+{warm:.2f} s warm-up)" if warm else ""}; {per_class}')
 
+    def cleanup_io(self) -> None:
+        """Lifecycle cleanup: drop the model and everything in flight."""
+        if self.model is not None:
+            self.model.cancel()
+        self.model, self.pipeline = None, None
+        self.sync.reset()
+        self.tracker.reset()
+        self._last_stamp.clear()
+
     def _warning(self, values: dict) -> str | None:
+        if self.model is None:
+            return 'not configured (ros2 lifecycle set <node> configure)'
         if self.model.error:
             return f'no model: {self.model.error}'
         now = self._now()
@@ -316,6 +335,8 @@ class AggregatorNode(Node):
 
     def _on_feature(self, dev: str, msg: SemanticFeature) -> None:
         from disac_ros.core.inference import ReceivedPacket
+        if not self.active:
+            return self.diag.count('inactive_dropped')
         now = self._now()
         if msg.device_id != dev or msg.device_id not in self.device_ids:
             return self._reject('unknown_device', dev, f'device_id {msg.device_id!r} on the topic of {dev}')
@@ -414,7 +435,7 @@ class AggregatorNode(Node):
             self.diag.set(f'{dev}.link_latency_s', s['latency_s'])
         self.diag.set('active_devices', float(len(self.sync.active_devices(now))))
         self.diag.set('pending_groups', float(self.sync.pending))
-        if self.pipeline is None:
+        if self.pipeline is None or not self.active:
             return
         groups = self.sync.pop_ready(now)
         if not groups:
@@ -462,7 +483,7 @@ class AggregatorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    return run_node(AggregatorNode, args=args, name='aggregator_node', params=PARAMS, doc=__doc__)
+    return run_node(AggregatorNode, args=args, name='aggregator_node', params=PARAMS + (AUTOSTART,), doc=__doc__)
 
 
 if __name__ == '__main__':

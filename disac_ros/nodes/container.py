@@ -5,9 +5,9 @@ Each member is the ordinary node class of its executable with its own namespace,
 remappings and parameters (from the shared ``--params-file``, keyed by the node's full name), so
 topics, ``ros2 param`` and diagnostics look exactly as with one process per node. One process pays
 the Python/rclpy/torch start-up once and its messages never leave the process's DDS participant
-for another; a multi-threaded executor runs the members side by side (each node's callbacks stay
-mutually exclusive, as in its own process; torch releases the GIL while it computes). Killing the
-process stops every member.
+for another. One executor thread runs every member's callbacks in turn (``--threads N`` a
+multi-threaded executor: slower here, the GIL serialises the Python work anyway; measured in
+``benchmarks/bench_composition.py``). Killing the process stops every member.
 
     python -m disac_ros.nodes.container --member world_node@/world --member device_node@/dev0/device_node \\
         --member 'aggregator_node@/aggregator|aggregator/tracks:=tracks' \\
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NamedTuple, Sequence
 
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from disac_ros.core.errors import ConfigError
@@ -94,7 +95,8 @@ def main(args: list[str] | None = None, prog: str = 'container') -> int:
                    help="a node to host: '[EXECUTABLE@]/NAMESPACE/NAME[|FROM:=TO...]' (repeatable); "
                         f"executables: {', '.join(COMPOSABLE)} (default device_node)")
     p.add_argument('--threads', type=int, default=0,
-                   help='executor threads (default: one per member, at most 8)')
+                   help='executor threads (default 1, or $DISAC_CONTAINER_THREADS: a single-threaded '
+                        'executor; measured faster than a multi-threaded one under the GIL)')
     opts = p.parse_args(own)
     try:
         members = [parse_member(m) for m in opts.member]
@@ -107,7 +109,8 @@ def main(args: list[str] | None = None, prog: str = 'container') -> int:
             nodes.append(build_member(m))
 
     def spin(nodes: list[Node]) -> None:
-        executor = MultiThreadedExecutor(num_threads=opts.threads or min(len(nodes), 8))
+        threads = opts.threads or int(os.environ.get('DISAC_CONTAINER_THREADS', '1'))
+        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         for n in nodes:
             executor.add_node(n)
         executor.spin()

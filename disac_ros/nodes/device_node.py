@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 from rclpy.duration import Duration
-from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
@@ -39,6 +38,7 @@ from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
 from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
+from disac_ros.nodes.managed import AUTOSTART, ManagedNode
 from disac_ros.nodes.params import Param, declare_params, on_parameter_change
 from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
 
@@ -69,13 +69,14 @@ PARAMS = (
 )
 
 
-class DeviceNode(Node):
-    """Pairs camera + RF frames, encodes them, publishes SemanticFeature (see module doc)."""
+class DeviceNode(ManagedNode):
+    """Pairs camera + RF frames, encodes them, publishes SemanticFeature (see module doc); a
+    lifecycle node (configure = load the model and subscribe, activate = encode and publish)."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         """``node_kwargs`` go to rclpy's Node, e.g. ``cli_args`` for a node sharing a process."""
         super().__init__('device_node', **node_kwargs)
-        cfg = declare_params(self, PARAMS)
+        cfg = declare_params(self, PARAMS + (AUTOSTART,))
         self.cfg = cfg
         self.device_id = cfg['device_id']
         self.base_frame = cfg['base_frame'] or f'{self.device_id}/base_link'
@@ -90,7 +91,7 @@ class DeviceNode(Node):
             self.static_pose = fm.static_pose(vals)
         self.keyring = fm.load_keyring(cfg['key_file'], cfg['shared_secret'])
         self.pipeline = None
-        qos_in = qos_by_name(cfg['sensor_qos'])
+        self.model: RetryingModelLoader | None = None
         self._images: deque[tuple[float, Image]] = deque(maxlen=10)
         self._rf: deque[tuple[float, RfFrame]] = deque(maxlen=10)
         self._pending: tuple[float, Image, RfFrame] | None = None
@@ -99,31 +100,50 @@ class DeviceNode(Node):
         self.poses = fm.PoseCache(cfg['world_frame'], self.base_frame)
         self.seq = 0
         self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
-                                warn_if=lambda v: f'no model: {self.model.error}' if self.model.error else None)
+                                warn_if=self._warning)
         for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose', 'processing_errors'):
             self.diag.set(key, 0.0)
         self._warn = LogThrottle(self).warning   # bad streams must not flood the log
-        # A missing or corrupt model must not kill the device: keep reporting and retry. Loaded
-        # before the subscriptions exist, so a matched subscription means a ready device.
-        self.model = RetryingModelLoader(
-            self, self.diag, 'device model', cfg['model_dir'],
-            build=self._build_pipeline, on_loaded=self._on_model_loaded)
-        self.create_subscription(Image, cfg['camera_topic'], self._on_image, qos_in)
-        self.create_subscription(RfFrame, cfg['rf_topic'], self._on_rf, qos_in)
-        if self.static_pose is None:
-            # Absolute, as tf is; a namespaced fleet remaps it (/tf:=/<namespace>/tf).
-            self.create_subscription(TFMessage, '/tf', self.poses.add_tf, reliable_qos(100))
         out_qos = sensor_qos(5)
         if cfg['lifespan_s'] > 0:
             out_qos = QoSProfile(history=out_qos.history, depth=out_qos.depth, reliability=out_qos.reliability,
                                  durability=out_qos.durability, lifespan=Duration(seconds=cfg['lifespan_s']))
         self.pub = self.create_publisher(SemanticFeature, cfg['feature_topic'], out_qos)
         on_parameter_change(self, PARAMS, self.cfg, lambda changed: None)   # read where used
-        self.create_timer(cfg['process_period_s'], self._process)
+        self.start(cfg['autostart'])
+
+    def configure_io(self) -> None:
+        """Lifecycle configure: load the model, then subscribe (see ManagedNode)."""
+        cfg = self.cfg
+        # A missing or corrupt model must not kill the device: keep reporting and retry. Loaded
+        # before the subscriptions exist, so a matched subscription means a ready device.
+        self.model = RetryingModelLoader(
+            self, self.diag, 'device model', cfg['model_dir'],
+            build=self._build_pipeline, on_loaded=self._on_model_loaded)
+        qos_in = qos_by_name(cfg['sensor_qos'])
+        self.track(self.create_subscription(Image, cfg['camera_topic'], self._on_image, qos_in))
+        self.track(self.create_subscription(RfFrame, cfg['rf_topic'], self._on_rf, qos_in))
+        if self.static_pose is None:
+            # Absolute, as tf is; a namespaced fleet remaps it (/tf:=/<namespace>/tf).
+            self.track(self.create_subscription(TFMessage, '/tf', self.poses.add_tf, reliable_qos(100)))
+        self.track(self.create_timer(cfg['process_period_s'], self._process))
         self.get_logger().info(f'{self.device_id}: {self.get_namespace()}/{cfg["camera_topic"]} + '
                                f'{cfg["rf_topic"]} -> {self.pub.topic_name} '
                                f'({"signed" if self.keyring else "unsigned"}, {cfg["bits"]} bits, '
                                f'slop {cfg["slop_s"]} s)')
+
+    def cleanup_io(self) -> None:
+        """Lifecycle cleanup: drop the model and any frame in flight."""
+        if self.model is not None:
+            self.model.cancel()
+        self.model, self.pipeline, self._pending = None, None, None
+        self._images.clear()
+        self._rf.clear()
+
+    def _warning(self, values: dict) -> str | None:
+        if self.model is None:
+            return 'not configured (ros2 lifecycle set <node> configure)'
+        return f'no model: {self.model.error}' if self.model.error else None
 
     def _build_pipeline(self, model_dir: Path) -> DevicePipeline:
         from disac_ros.core.inference import DevicePipeline    # torch: imported when first needed
@@ -188,6 +208,9 @@ class DeviceNode(Node):
     def _process(self) -> None:
         if self._pending is None or self.pipeline is None:
             return
+        if not self.active:
+            self._pending = None          # deactivated: drop, publish nothing
+            return self.diag.count('inactive_dropped')
         t_img, img_msg, rf_msg = self._pending
         newest = self.poses.latest()
         if self.static_pose is None and (newest is None or newest[0] < t_img - 1e-3) \
@@ -228,7 +251,7 @@ class DeviceNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run until SIGINT/SIGTERM; exit 2 on a configuration error, 1 on a bad model."""
-    return run_node(DeviceNode, args=args, name='device_node', params=PARAMS, doc=__doc__)
+    return run_node(DeviceNode, args=args, name='device_node', params=PARAMS + (AUTOSTART,), doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -32,6 +32,13 @@ class RetryingModelLoader(Generic[T]):
         if not self._attempt():
             self._timer = node.create_timer(period_s, self._attempt)
 
+    def cancel(self) -> None:
+        """Stop retrying (lifecycle cleanup)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._node.destroy_timer(self._timer)
+            self._timer = None
+
     def _attempt(self) -> bool:
         from disac_ros.core.inference import find_model_dir
         if self._loaded:
