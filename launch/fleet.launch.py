@@ -13,7 +13,10 @@ The node list comes from disac_ros.core.fleet_config.build_fleet, the same funct
 runner (disac_fleet) uses, so both start the same nodes with the same parameters. Only long-stable
 launch APIs are used (DeclareLaunchArgument, OpaqueFunction, LaunchConfiguration, launch_ros Node).
 """
+import atexit
+import dataclasses
 from pathlib import Path
+import shutil
 import tempfile
 
 import yaml
@@ -25,7 +28,7 @@ from launch_ros.actions import Node
 
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import (SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml,
-                                         params_file_content)
+                                         params_file_content, write_fleet_key)
 from disac_ros.nodes.container import COMPOSABLE, member_argument
 
 ARGUMENTS = (
@@ -70,7 +73,11 @@ def fleet_options(context) -> FleetOptions:
 
 def _launch_nodes(context, *args, **kwargs):
     config = LaunchConfiguration('config').perform(context).strip() or str(find_default_config())
-    specs = build_fleet(load_fleet_yaml(config), fleet_options(context))
+    # The run's signing key in a private folder (never on a command line), removed when launch ends.
+    key_dir = tempfile.mkdtemp(prefix='disac_launch_key_')
+    atexit.register(shutil.rmtree, key_dir, True)
+    options = dataclasses.replace(fleet_options(context), fleet_key_file=write_fleet_key(key_dir))
+    specs = build_fleet(load_fleet_yaml(config), options)
     log_level = LaunchConfiguration('log_level').perform(context)
     compose = LaunchConfiguration('use_composition').perform(context).strip().lower()
     if compose not in ('true', 'false'):

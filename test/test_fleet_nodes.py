@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import math
+from pathlib import Path
 import re
 import signal
 import sys
@@ -137,6 +138,10 @@ def test_sim_tracks_markers_and_weights_arrive_in_the_world_frame(sim):
     w = obs.messages('/aggregator/weights')[-1][1]
     assert set(w.device_ids) <= set(sim['devices']) and sum(w.weights) == pytest.approx(1.0, abs=1e-3)
     assert all(math.isfinite(s) and s > -50 for s in w.snr_db) and all(d > 0 for d in w.distance_m)
+    # The simulated fleet signs and verifies (fleet key, header scope) behind the emulated link.
+    assert 'auth verified' in sim['proc'].output(), sim['proc'].tail()
+    assert float(diag_values(obs, 'aggregator').get('auth_failed', 'nan')) == 0.0
+    assert 'hex:' not in sim['proc'].output()          # the key is in a private file, not on a command line
 
 
 def test_sim_link_stamps_snr_and_distance_that_devices_leave_unknown(sim):
@@ -175,7 +180,7 @@ def test_sim_bad_packets_are_counted_and_tracks_keep_flowing(sim):
     assert v['class_calibration'] == 'none'          # the fake model has no calibration file
 
 
-def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim, fake_model):
+def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     obs, proc = sim['obs'], sim['proc']
     m = re.search(r'started /dev1/device_node \(pid (\d+)\)', proc.output())
     assert m, proc.tail()
@@ -188,8 +193,12 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim, fake_model
     assert weight_devices(obs, t_kill + 2.0) == {'dev0', 'dev2'}
     assert len([1 for r, _ in obs.messages('/aggregator/tracks') if r > t_kill + 2.0]) >= 3
     assert proc.proc.poll() is None                                 # the runner and the rest live on
+    # Restart it as an operator would: the same parameters file (device id, model, fleet key).
+    dev0 = re.search(r'started /dev0/device_node \(pid (\d+)\)', proc.output())
+    argv = Path(f'/proc/{dev0.group(1)}/cmdline').read_bytes().decode().split('\0')
+    params = argv[argv.index('--params-file') + 1]
     restarted = Proc.python('disac_ros.nodes.device_node', '--ros-args', '-r', '__node:=device_node',
-                            '-r', '__ns:=/dev1', '-p', 'device_id:=dev1', '-p', f'model_dir:={fake_model}',
+                            '-r', '__ns:=/dev1', '--params-file', params,
                             env=ros_env(sim['domain']), log=sim['log_dir'] / 'dev1_restart.log')
     sim['extra'].append(restarted)
     t_re = time.monotonic()

@@ -1,10 +1,12 @@
 """launch/fleet.launch.py and disac_fleet start the same nodes.
 
-launch / launch_ros are not installable here (not on PyPI), so the launch file is imported with
-small stand-in modules (named Fake*) that record what the file builds. The test then runs its
+launch / launch_ros are not on PyPI (a user without ROS apt has neither), so that this runs
+everywhere the launch file is imported with small stand-in modules (named Fake*) that record what
+the file builds (test_ros2_launch.py runs the real ``ros2 launch`` where it exists). The test then runs its
 OpaqueFunction with the declared defaults plus overrides and compares the launch_ros Node kwargs
 with the runner's command lines for the same arguments.
 """
+import dataclasses
 import importlib.util
 from pathlib import Path
 import sys
@@ -107,7 +109,11 @@ def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args,
     nodes = launched_nodes(launch_module, config=str(FLEET_YAML), **launch_args)
 
     args = runner.parse_args(['--config', str(FLEET_YAML), *runner_args])
-    specs = build_fleet(load_fleet_yaml(FLEET_YAML), runner.options_from_args(args))
+    # Both front ends make a fresh fleet key per run; compare with the one launch made.
+    key_file = next(n['parameters'][0]['key_file'] for n in nodes if n['executable'] == 'device_node')
+    assert key_file and Path(key_file).is_file()
+    options = dataclasses.replace(runner.options_from_args(args), fleet_key_file=key_file)
+    specs = build_fleet(load_fleet_yaml(FLEET_YAML), options)
     params_file = runner.write_params_file(specs, str(tmp_path))
     commands = [runner.child_command(s, params_file, args.log_level) for s in specs]
 

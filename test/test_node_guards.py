@@ -236,3 +236,37 @@ def test_aggregator_is_a_lifecycle_node(context, model):
         assert node.active and node.pipeline is not None
     finally:
         node.destroy_node()
+
+
+def test_header_scope_tags_survive_the_link_and_stop_forgeries_and_replays(context, model, tmp_path):
+    from disac_ros.core.fleet_config import write_fleet_key
+    from disac_ros.core.packet import KeyRing
+    key_file = write_fleet_key(tmp_path / 'key')
+    assert (Path(key_file).stat().st_mode & 0o777) == 0o600
+    node = _aggregator(context, model, verify_auth=True, key_file=key_file, auth_scope='header')
+    try:
+        node._now = _Clock(100.0)
+        ring = KeyRing.from_file(key_file)
+        signed = _feature(node, 'dev0', 99.9)
+        signed.auth_tag = array.array('B', ring.sign(fm.packet_fields(signed), 'header'))
+        # What the radio link does: other symbols, re-quantised, SNR and distance written in.
+        noisy = np.random.default_rng(1).standard_normal((node.pipeline.num_symbols, 2)).astype(np.float32)
+        fm.set_payload(signed, quantize(noisy, 6))
+        signed.snr_db, signed.distance_m = 3.0, 80.0
+        node._on_feature('dev0', signed)
+        assert node.sync.pending == 1 and _counts(node)['auth_failed'] == 0.0
+        node._on_feature('dev0', signed)                          # the same packet again
+        assert _counts(node)['replayed'] == 1.0
+        forged = _feature(node, 'dev1', 99.9)
+        other = KeyRing.from_mapping({'shared_secret': 'hex:' + '11' * 32})
+        forged.auth_tag = array.array('B', other.sign(fm.packet_fields(forged), 'header'))
+        node._on_feature('dev1', forged)
+        moved = _feature(node, 'dev1', 99.95)
+        moved.auth_tag = array.array('B', ring.sign(fm.packet_fields(moved), 'header'))
+        moved.device_pose.position.x += 5.0                      # a pose changed after signing
+        node._on_feature('dev1', moved)
+        unsigned = _feature(node, 'dev1', 99.97)
+        node._on_feature('dev1', unsigned)
+        assert _counts(node)['auth_failed'] == 3.0 and node.sync.pending == 1
+    finally:
+        node.destroy_node()

@@ -19,7 +19,9 @@ A fleet file (``config/fleet.yaml``) looks like::
 
 Placeholders in names, namespaces, remappings and string parameter values: ``{device_id}``,
 ``{index}`` (per-device nodes only), ``{num_devices}``, ``{source}``, ``{bag}``, ``{scenario}``
-(the absolute path of ``FleetOptions.scenario``, '' when unset). A string value
+(the absolute path of ``FleetOptions.scenario``, '' when unset), ``{fleet_key_file}`` (a key file
+the front end made for this run, see ``write_fleet_key``; '' when none) and ``{fleet_auth}``
+(true when there is one). A string value
 that is exactly one placeholder takes the placeholder's type (``'{num_devices}'`` -> int 4), and
 ``'{device_ids}'`` becomes the list of device ids. Null and empty-list values are dropped (a ROS
 parameters file cannot type them), so the node keeps its default.
@@ -88,6 +90,7 @@ class FleetOptions:
     params_files: tuple[str, ...] = ()   # extra ROS params files for every node
     overrides: Mapping[str, Any] = field(default_factory=dict)  # '<node name>.<param>' or '<param>'
     scenario: str = ''                   # scenario YAML: its device ids, and '{scenario}' for the world
+    fleet_key_file: str = ''             # '{fleet_key_file}': the run's signing key (write_fleet_key)
 
 
 def load_fleet_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -188,7 +191,8 @@ def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions(
         raise ConfigError('nodes', 'expected a non-empty list of node entries')
 
     base_values = {'num_devices': num_devices, 'source': source, 'bag': options.bag,
-                   'device_ids': device_ids, 'scenario': scenario}
+                   'device_ids': device_ids, 'scenario': scenario,
+                   'fleet_key_file': options.fleet_key_file, 'fleet_auth': bool(options.fleet_key_file)}
     specs: list[NodeSpec] = []
     for i, entry in enumerate(nodes):
         where = f'nodes[{i}]'
@@ -308,6 +312,21 @@ def _join_namespace(prefix: str, ns: str) -> str:
 def params_file_content(specs: Sequence[NodeSpec]) -> dict[str, Any]:
     """A ROS 2 parameters-file mapping ``{fqn: {ros__parameters: {...}}}`` for ``specs``."""
     return {s.fqn: {'ros__parameters': dict(s.parameters)} for s in specs}
+
+
+def write_fleet_key(directory: str | os.PathLike[str]) -> str:
+    """Write a fresh random fleet signing key (a KeyRing file, mode 0600) into ``directory``
+    (made private, 0700) and return its path: the simulated fleet's devices sign with it and its
+    aggregator verifies, and the key never appears on a command line or in a process listing."""
+    import secrets
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / 'fleet_key.yaml'
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as f:
+        f.write(f"shared_secret: 'hex:{secrets.token_hex(32)}'\n")
+    return str(path)
 
 
 def find_default_config(name: str = 'fleet.yaml') -> Path:

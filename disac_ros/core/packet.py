@@ -33,9 +33,18 @@ Authentication
     the ASCII context ``b'disac_ros/SemanticFeature/auth\\0'``, ``u32`` length + UTF-8 of
     device_id, ``u64`` seq, ``u16`` codec_version, ``i32`` stamp sec, ``u32`` stamp nanosec,
     ``u32`` ndim then one ``u32`` per dimension, ``f32`` scale, ``i32`` zero_point, ``u8`` bits,
-    ``u32`` payload length + payload. Length prefixes make the encoding unambiguous; the context
-    string keeps these tags from being valid for any other message. Keys are per device
-    (:class:`KeyRing`).
+    ``u32`` payload length + payload, then ``u32`` pose count + ``f64`` per pose value (the
+    device pose x y z qx qy qz qw; count 0 when not given). Length prefixes make the encoding
+    unambiguous; the context string keeps these tags from being valid for any other message. Keys
+    are per device (:class:`KeyRing`).
+
+    Scope ``'header'`` (``AUTH_SCOPES``) is for links that change the symbols on the way, as an
+    analog semantic channel (and ``link_node``, which emulates one) does: the context becomes
+    ``b'disac_ros/SemanticFeature/auth-header\\0'`` and the quantised symbols (scale, zero_point,
+    bits, payload) are left out; device id, seq, codec version, stamp, shape and pose stay covered.
+    It proves who sent a packet for which instant and where it stood, so forged and replayed
+    packets are refused; it cannot prove the received symbol values, which no receiver of a
+    noisy channel could check bit-exactly.
 """
 from __future__ import annotations
 
@@ -58,6 +67,8 @@ CODEC_VERSION = 1                 # version of this payload layout (SemanticFeat
 AUTH_TAG_BYTES = 16               # HMAC-SHA256 truncated to 128 bits
 MIN_KEY_BYTES = 16                # shorter keys are refused: they would weaken the 128-bit tag
 _AUTH_CONTEXT = b'disac_ros/SemanticFeature/auth\x00'
+_AUTH_HEADER_CONTEXT = b'disac_ros/SemanticFeature/auth-header\x00'
+AUTH_SCOPES: tuple[str, ...] = ('payload', 'header')   # what a tag covers (module docstring)
 _HKDF_SALT = b'disac_ros/device-key/v1'
 _HKDF_INFO_PREFIX = b'disac_ros/SemanticFeature/v1/device/'
 _UINT32_MAX = 2 ** 32 - 1
@@ -94,6 +105,7 @@ class PacketFields:
     stamp_sec: int
     stamp_nanosec: int
     payload: QuantizedPayload
+    pose: tuple[float, ...] = ()       # x y z qx qy qz qw of the device pose; () = not covered
 
 
 def payload_bytes(num_symbols: int, bits: int, components: int = 2) -> int:
@@ -248,10 +260,13 @@ def _f32(value: float) -> float:
 # ---- authentication -------------------------------------------------------------------------
 
 
-def canonical_bytes(fields: PacketFields) -> bytes:
-    """The byte string the authentication tag covers (layout in the module docstring)."""
+def canonical_bytes(fields: PacketFields, scope: str = 'payload') -> bytes:
+    """The byte string the authentication tag covers (layout and scopes in the module docstring)."""
+    if scope not in AUTH_SCOPES:
+        raise ConfigError('auth_scope', f'expected one of {", ".join(AUTH_SCOPES)}, got {scope!r}')
     p = fields.payload
-    validate_payload(p)
+    if scope == 'payload':
+        validate_payload(p)
     device = fields.device_id.encode('utf-8') if isinstance(fields.device_id, str) else None
     if device is None or not device:
         raise CodecError(f'device_id: expected a non-empty string, got {fields.device_id!r}')
@@ -262,25 +277,33 @@ def canonical_bytes(fields: PacketFields) -> bytes:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
                 or not low <= value <= high:
             raise CodecError(f'{name}: expected an integer in {low}..{high}, got {value!r}')
+    pose = tuple(float(v) for v in fields.pose)
+    if not all(math.isfinite(v) for v in pose):
+        raise CodecError(f'pose: expected finite values, got {pose}')
+    shape = tuple(int(d) for d in p.shape)
+    if not all(0 <= d <= _UINT32_MAX for d in shape):
+        raise CodecError(f'shape: expected uint32 values, got {list(shape)}')
     parts = [
-        _AUTH_CONTEXT,
+        _AUTH_CONTEXT if scope == 'payload' else _AUTH_HEADER_CONTEXT,
         struct.pack('<I', len(device)), device,
         struct.pack('<QHiI', fields.seq, fields.codec_version, fields.stamp_sec,
                     fields.stamp_nanosec),
-        struct.pack('<I', len(p.shape)), struct.pack(f'<{len(p.shape)}I', *p.shape),
-        struct.pack('<fiB', p.scale, p.zero_point, p.bits),
-        struct.pack('<I', len(p.payload)), bytes(p.payload),
+        struct.pack('<I', len(shape)), struct.pack(f'<{len(shape)}I', *shape),
     ]
+    if scope == 'payload':
+        parts += [struct.pack('<fiB', p.scale, p.zero_point, p.bits),
+                  struct.pack('<I', len(p.payload)), bytes(p.payload)]
+    parts += [struct.pack('<I', len(pose)), struct.pack(f'<{len(pose)}d', *pose)]
     return b''.join(parts)
 
 
-def sign(fields: PacketFields, key: bytes) -> bytes:
+def sign(fields: PacketFields, key: bytes, scope: str = 'payload') -> bytes:
     """Return the 16-byte authentication tag of a packet under ``key``."""
     _check_key(key, 'key')
-    return hmac.new(bytes(key), canonical_bytes(fields), hashlib.sha256).digest()[:AUTH_TAG_BYTES]
+    return hmac.new(bytes(key), canonical_bytes(fields, scope), hashlib.sha256).digest()[:AUTH_TAG_BYTES]
 
 
-def verify(fields: PacketFields, tag: bytes, key: bytes) -> bool:
+def verify(fields: PacketFields, tag: bytes, key: bytes, scope: str = 'payload') -> bool:
     """Return True when ``tag`` authenticates ``fields`` under ``key`` (constant-time compare).
 
     Raises CodecError when the tag does not have 16 bytes (an empty tag means an unsigned
@@ -290,7 +313,7 @@ def verify(fields: PacketFields, tag: bytes, key: bytes) -> bool:
     if len(tag) != AUTH_TAG_BYTES:
         raise CodecError(f'auth_tag: expected {AUTH_TAG_BYTES} bytes, got {len(tag)}'
                          + (' (packet is not signed)' if not tag else ''))
-    return hmac.compare_digest(sign(fields, key), tag)
+    return hmac.compare_digest(sign(fields, key, scope), tag)
 
 
 def _check_key(key: Any, name: str) -> bytes:
@@ -422,18 +445,18 @@ class KeyRing:
             self._derived[device_id] = derive_device_key(self._secret, device_id)
         return self._derived[device_id]
 
-    def sign(self, fields: PacketFields) -> bytes:
+    def sign(self, fields: PacketFields, scope: str = 'payload') -> bytes:
         """Tag a packet with its device's key."""
-        return sign(fields, self.key_for(fields.device_id))
+        return sign(fields, self.key_for(fields.device_id), scope)
 
-    def verify(self, fields: PacketFields, tag: bytes) -> bool:
+    def verify(self, fields: PacketFields, tag: bytes, scope: str = 'payload') -> bool:
         """Check a packet's tag; False for a device without a key (CodecError if malformed)."""
         if not self.has_key(fields.device_id):
             return False
-        return verify(fields, tag, self.key_for(fields.device_id))
+        return verify(fields, tag, self.key_for(fields.device_id), scope)
 
 
-__all__ = ['AUTH_TAG_BYTES', 'CODEC_VERSION', 'CodecError', 'KeyRing', 'PacketFields',
+__all__ = ['AUTH_SCOPES', 'AUTH_TAG_BYTES', 'CODEC_VERSION', 'CodecError', 'KeyRing', 'PacketFields',
            'QuantizedPayload', 'canonical_bytes', 'complex_to_iq', 'dequantize',
            'derive_device_key', 'hkdf_sha256', 'iq_to_complex', 'pack_bits', 'payload_bytes',
            'quantize', 'sign', 'unpack_bits', 'validate_payload', 'verify']

@@ -41,7 +41,7 @@ from visualization_msgs.msg import MarkerArray
 from disac_ros.core.detection_fusion import (check_class_thresholds, check_class_weights, FUSION_METHODS,
                                              FusionConfig)
 from disac_ros.core.errors import ConfigError, DisacError
-from disac_ros.core.packet import CODEC_VERSION, dequantize
+from disac_ros.core.packet import AUTH_SCOPES, CODEC_VERSION, dequantize
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
 from disac_ros.core.training.recipes import DECODER_KINDS
 from disac_ros.core.tracking import MultiObjectTracker, NUM_CLASSES, Track, TrackerConfig
@@ -117,7 +117,9 @@ PARAMS = (
           "ahead of the node's clock (a device clock running fast; 0 = off)", minimum=0.0, read_only=False),
     Param('verify_auth', False, 'require a valid authentication tag on every packet'),
     Param('key_file', '', 'KeyRing file (YAML/JSON) for verify_auth'),
-    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret for verify_auth"),
+    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret for verify_auth (prefer key_file)"),
+    Param('auth_scope', 'payload', "what the devices' tags cover: payload (bit-exact links) or header "
+          '(behind link_node or an analog channel: all but the symbol values)', choices=AUTH_SCOPES),
     Param('tracker_file', '', 'YAML with a tracker: section (TrackerConfig); empty = defaults'),
     Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100,
           read_only=False),
@@ -352,7 +354,8 @@ class AggregatorNode(ManagedNode):
             return self._reject(verdict, dev, f'sensor stamp {stamp:.3f} s, clock {now:.3f} s, newest '
                                               f'accepted {self._last_stamp.get(dev, math.nan):.3f} s')
         try:
-            if self.cfg['verify_auth'] and not self.keyring.verify(fm.packet_fields(msg), bytes(msg.auth_tag)):
+            if self.cfg['verify_auth'] and not self.keyring.verify(fm.packet_fields(msg), bytes(msg.auth_tag),
+                                                                   self.cfg['auth_scope']):
                 return self._reject('auth_failed', dev, 'authentication tag does not verify')
             symbols = dequantize(fm.msg_payload(msg))
         except (DisacError, ValueError, KeyError) as exc:

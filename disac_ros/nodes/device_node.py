@@ -32,7 +32,7 @@ from tf2_msgs.msg import TFMessage
 
 from disac_interfaces.msg import RfFrame, SemanticFeature
 from disac_ros.core.errors import ConfigError, DisacError
-from disac_ros.core.packet import CODEC_VERSION, quantize
+from disac_ros.core.packet import AUTH_SCOPES, CODEC_VERSION, quantize
 from disac_ros.nodes import conversions as cv
 from disac_ros.nodes import feature_msgs as fm
 from disac_ros.nodes.diagnostics import Diagnostics, LogThrottle
@@ -64,7 +64,11 @@ PARAMS = (
     Param('pose_wait_s', 0.05, 'wait up to this long for the /tf of a frame\'s instant (s)', minimum=0.0,
           read_only=False),
     Param('key_file', '', 'KeyRing file (YAML/JSON) to sign features; empty = no key file'),
-    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret to sign features; empty = unsigned"),
+    Param('shared_secret', '', "'hex:...'/'base64:...' fleet secret to sign features; empty = unsigned "
+          '(prefer key_file: a parameter value shows in ros2 param get)'),
+    Param('auth_scope', 'payload', "what the tag covers: payload (every field: bit-exact digital links) or "
+          "header (all but the symbol values, which an analog channel or link_node changes)",
+          choices=AUTH_SCOPES),
     Param('process_period_s', 0.01, 'how often the newest pair is processed (s)', minimum=0.001),
 )
 
@@ -240,7 +244,7 @@ class DeviceNode(ManagedNode):
             self._warn(f'skipping frame at {t_img:.3f}: processing failed: {exc!r}', key='processing')
             return
         msg = fm.feature_msg(self.device_id, self.seq, img_msg.header.stamp, self.cfg['world_frame'], pose,
-                             payload, self.keyring, CODEC_VERSION)
+                             payload, self.keyring, CODEC_VERSION, self.cfg['auth_scope'])
         self.pub.publish(msg)
         self.seq += 1
         self.diag.count('published')

@@ -23,8 +23,9 @@ from disac_ros.nodes import conversions as cv
 
 def feature_msg(device_id: str, seq: int, stamp: Time, frame_id: str, pose: PoseMsg | None,
                 payload: QuantizedPayload, keyring: KeyRing | None = None,
-                codec_version: int = CODEC_VERSION) -> SemanticFeature:
-    """A SemanticFeature with unknown link fields (NaN), signed when ``keyring`` is given."""
+                codec_version: int = CODEC_VERSION, auth_scope: str = 'payload') -> SemanticFeature:
+    """A SemanticFeature with unknown link fields (NaN), signed when ``keyring`` is given
+    (``auth_scope``: what the tag covers, see :mod:`disac_ros.core.packet`)."""
     msg = SemanticFeature()
     msg.header = cv.make_header(stamp, frame_id)
     msg.device_id = device_id
@@ -36,7 +37,7 @@ def feature_msg(device_id: str, seq: int, stamp: Time, frame_id: str, pose: Pose
     msg.snr_db = math.nan
     set_payload(msg, payload)
     if keyring is not None:
-        msg.auth_tag = array.array('B', keyring.sign(packet_fields(msg)))
+        msg.auth_tag = array.array('B', keyring.sign(packet_fields(msg), auth_scope))
     return msg
 
 
@@ -59,12 +60,14 @@ def msg_payload(msg: SemanticFeature) -> QuantizedPayload:
 
 
 def packet_fields(msg: SemanticFeature) -> PacketFields:
-    """Every field the authentication tag covers."""
+    """Every field the authentication tag may cover (the scope picks, see core.packet)."""
+    q, t = msg.device_pose.orientation, msg.device_pose.position
     return PacketFields(device_id=msg.device_id, seq=int(msg.seq), codec_version=int(msg.codec_version),
                         stamp_sec=int(msg.header.stamp.sec), stamp_nanosec=int(msg.header.stamp.nanosec),
                         payload=QuantizedPayload(shape=tuple(int(s) for s in msg.shape), scale=float(msg.scale),
                                                  zero_point=int(msg.zero_point), bits=int(msg.bits_per_element),
-                                                 payload=bytes(msg.payload)))
+                                                 payload=bytes(msg.payload)),
+                        pose=(t.x, t.y, t.z, q.x, q.y, q.z, q.w))
 
 
 def pose_xyyaw(msg: PoseMsg) -> tuple[float, float, float]:

@@ -10,9 +10,9 @@ and a token-bucket bandwidth cap, all seeded. The SNR and distance a receiver wo
 written into ``snr_db`` / ``distance_m``.
 
 On real radios this node is left out and the aggregator subscribes to the devices directly.
-Note: the channel changes the payload, so a device's authentication tag no longer matches after
-this node; the tag is forwarded unchanged and the aggregator's ``verify_auth`` must stay off with
-an emulated link (it is for real links, where the radio delivers the payload bit-exact).
+The channel changes the symbols but nothing else (device id, seq, stamp, shape, pose): the tag is
+forwarded unchanged, and devices that sign with ``auth_scope: header`` (the shipped fleet.yaml)
+are verified behind it; a ``payload``-scope tag, which covers the symbols, cannot survive it.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ count); ``--list-devices`` prints the device ids the fleet would use, one per li
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 import signal
@@ -29,7 +30,8 @@ import yaml
 import disac_ros
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import (SOURCES, FleetOptions, NodeSpec, build_fleet, find_default_config,
-                                         fleet_device_ids, load_fleet_yaml, params_file_content)
+                                         fleet_device_ids, load_fleet_yaml, params_file_content,
+                                         write_fleet_key)
 from disac_ros.nodes.container import COMPOSABLE, member_argument
 
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
@@ -315,9 +317,16 @@ class Fleet:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``disac_fleet``."""
     args = parse_args(argv)
+    # The run's signing key (devices sign, the aggregator verifies): a private file, removed at exit.
+    with tempfile.TemporaryDirectory(prefix='disac_fleet_key_') as key_dir:
+        return _run(args, write_fleet_key(key_dir))
+
+
+def _run(args: argparse.Namespace, fleet_key_file: str) -> int:
     try:
         config_path = Path(args.config) if args.config else find_default_config()
-        config, options = load_fleet_yaml(config_path), options_from_args(args)
+        config = load_fleet_yaml(config_path)
+        options = dataclasses.replace(options_from_args(args), fleet_key_file=fleet_key_file)
         specs = build_fleet(config, options)
         device_ids = fleet_device_ids(config, options)
         if args.list_devices:
