@@ -170,13 +170,15 @@ def quantize(symbols: np.ndarray, bits: int, *, mode: str = 'symmetric',
         half = 2 ** (bits - 1) - 1
         zero_point = 2 ** (bits - 1)
         amax = float(np.max(np.abs(x))) if clip is None else float(clip)
-        scale = _f32(amax / half if amax > 0.0 else 1.0)
+        # Never below the smallest normal float32: a subnormal range would round the scale to 0,
+        # a payload every receiver must refuse.
+        scale = max(_f32(amax / half if amax > 0.0 else 1.0), _F32_TINY)
         q = np.clip(np.rint(x / scale) + zero_point, zero_point - half, zero_point + half)
     elif mode == 'affine':
         lo, hi = float(x.min()), float(x.max())
         if clip is not None:
             lo, hi = min(max(lo, -clip), clip), min(max(hi, -clip), clip)
-        scale = _f32((hi - lo) / qmax if hi > lo else max(abs(lo), 1.0))
+        scale = max(_f32((hi - lo) / qmax if hi > lo else max(abs(lo), 1.0)), _F32_TINY)
         zero_point = int(np.rint(-lo / scale))
         if not _INT32_MIN <= zero_point <= _INT32_MAX:
             raise CodecError(f'zero_point: {zero_point} does not fit int32 (range too far from 0 '
@@ -255,6 +257,9 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 
 def _f32(value: float) -> float:
     return float(np.float32(value))
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 # ---- authentication -------------------------------------------------------------------------
