@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import math
+import os
 from pathlib import Path
 import re
 import signal
@@ -184,7 +185,6 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     obs, proc = sim['obs'], sim['proc']
     m = re.search(r'started /dev1/device_node \(pid (\d+)\)', proc.output())
     assert m, proc.tail()
-    import os
     os.kill(int(m.group(1)), signal.SIGKILL)
     t_kill = time.monotonic()
     # After the active timeout (1 s) groups are fused without dev1, and tracks keep coming.
@@ -206,12 +206,33 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     assert restarted.stop() == 0
 
 
+def test_sim_a_killed_aggregator_restarts_and_tracks_resume(sim):
+    obs, proc = sim['obs'], sim['proc']
+    pid = int(re.search(r'started /aggregator \(pid (\d+)\)', proc.output()).group(1))
+    argv = Path(f'/proc/{pid}/cmdline').read_bytes().decode().split('\0')
+    params = argv[argv.index('--params-file') + 1]
+    os.kill(pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    # The same parameters (devices, model, fleet key): a restart as an operator or a supervisor does.
+    restarted = Proc.python('disac_ros.nodes.aggregator_node', '--ros-args', '-r', '__node:=aggregator',
+                            '--params-file', params, env=ros_env(sim['domain']),
+                            log=sim['log_dir'] / 'aggregator_restart.log')
+    sim['extra'].append(restarted)
+    assert obs.wait_until(lambda: len([1 for r, m in obs.messages('/aggregator/tracks') if r > t_kill]) >= 3
+                          and len(weight_devices(obs, t_kill)) >= 2, 60), restarted.tail()
+    first = min(r for r, _ in obs.messages('/aggregator/tracks') if r > t_kill)
+    loaded = restarted.output()
+    print(f'tracks resumed {first - t_kill:.1f} s after the SIGKILL (restart incl. python + torch + model)')
+    assert 'loaded mlp decoder' in loaded and proc.proc.poll() is None
+    assert restarted.stop() == 0, restarted.tail()
+
+
 def test_sim_runner_stops_every_node_cleanly(sim):
     proc = sim['proc']
-    # Exit 1: the runner reports the device node the test killed; every other node stops cleanly.
+    # Exit 1: the runner reports the nodes the tests killed; every other node stops cleanly.
     assert proc.stop(signal.SIGINT, timeout=40) == 1, proc.tail()
     out = proc.output()
-    for fqn in ('/world', '/dev0/device_node', '/dev2/device_node', '/link', '/aggregator'):
+    for fqn in ('/world', '/dev0/device_node', '/dev2/device_node', '/link'):
         assert f'{fqn} exited with code 0' in out, proc.tail()
     assert '/dev1/device_node exited with signal SIGKILL' in out
 
