@@ -40,15 +40,15 @@ def test_dequantize_returns_finite_values_or_a_codec_error(shape, scale, zero_po
 @given(values=st.lists(st.tuples(finite, finite), min_size=1, max_size=64), bits=st.integers(2, 8))
 def test_quantize_round_trips_within_half_a_step(values, bits):
     x = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(x.astype(np.float64) * 2).all():
-        return                              # beyond float32 range once scaled: not a channel symbol
     try:
         p = quantize(x, bits)
     except CodecError:
         return
     y = dequantize(p)
     assert y.shape == x.shape
-    assert np.all(np.abs(y.astype(np.float64) - x) <= 0.5 * float(np.float32(p.scale)) * 1.001 + 1e-30)
+    # Half a step, or one step where the top of float32's range forced the scale a hair down.
+    step = float(np.float32(p.scale))
+    assert np.all(np.abs(y.astype(np.float64) - x) <= step * (1.0 if np.abs(x).max() > 1e38 else 0.5) * 1.001 + 1e-30)
 
 
 @SETTINGS

@@ -173,6 +173,9 @@ def quantize(symbols: np.ndarray, bits: int, *, mode: str = 'symmetric',
         # Never below the smallest normal float32: a subnormal range would round the scale to 0,
         # a payload every receiver must refuse.
         scale = max(_f32(amax / half if amax > 0.0 else 1.0), _F32_TINY)
+        while half * scale > _F32_MAX:
+            # Rounded up at the top of float32's range: the receiver's values would overflow.
+            scale = float(np.nextafter(np.float32(scale), np.float32(0.0)))
         q = np.clip(np.rint(x / scale) + zero_point, zero_point - half, zero_point + half)
     elif mode == 'affine':
         lo, hi = float(x.min()), float(x.max())
@@ -260,6 +263,7 @@ def _f32(value: float) -> float:
 
 
 _F32_TINY = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---- authentication -------------------------------------------------------------------------
