@@ -34,6 +34,8 @@ setup(
         share('config', 'config/*.yaml'),
         share('config', 'config/*.xml'),
         share('config/scenarios', 'config/scenarios/*.yaml'),
+        share('config/params', 'config/params/*.yaml'),
+        share('config/families', 'config/families/*.yaml'),
         *share_tree('models'),
     ],
     install_requires=['setuptools'],

@@ -85,7 +85,7 @@ def _launch_nodes(context, *args, **kwargs):
     hosted = [s for s in specs if compose == 'true' and s.package == 'disac_ros' and s.executable in COMPOSABLE]
     actions = [
         Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
-             parameters=[dict(spec.parameters), *spec.params_files],
+             parameters=[*spec.node_params_files, dict(spec.parameters), *spec.params_files],
              remappings=list(spec.remappings),
              arguments=['--ros-args', '--log-level', log_level],
              output='screen')
@@ -96,7 +96,8 @@ def _launch_nodes(context, *args, **kwargs):
         params = Path(tempfile.mkdtemp(prefix='disac_launch_')) / 'fleet_params.yaml'
         params.write_text(yaml.safe_dump(params_file_content(hosted), sort_keys=False))
         members = [a for s in hosted for a in ('--member', member_argument(s.executable, s.fqn, s.remappings))]
-        files = [a for f in (str(params), *hosted[0].params_files) for a in ('--params-file', f)]
+        node_files = dict.fromkeys(f for s in hosted for f in s.node_params_files)   # keyed by node name
+        files = [a for f in (*node_files, str(params), *hosted[0].params_files) for a in ('--params-file', f)]
         actions.append(Node(package='disac_ros', executable='container', output='screen',
                             arguments=[*members, '--ros-args', *files, '--log-level', log_level]))
     return actions

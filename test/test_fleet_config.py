@@ -180,7 +180,9 @@ def test_scenario_brings_its_device_ids_to_every_per_device_node_and_its_path_to
     for dev in SMALL_IDS:
         assert by_name[f'/{dev}/device_node'].parameters['device_id'] == dev
     assert by_name['/aggregator'].parameters['device_ids'] == SMALL_IDS
-    assert by_name['/link'].parameters['device_ids'] == ['auto']
+    # The link's settings are its own parameters file (config/params/link.yaml), any device.
+    assert by_name['/link'].node_params_files == (str(REPO / 'config' / 'params' / 'link.yaml'),)
+    assert 'device_ids: [auto]' in Path(by_name['/link'].node_params_files[0]).read_text()
     from disac_ros.core.fleet_config import fleet_device_ids
     assert fleet_device_ids(load_fleet_yaml(FLEET_YAML), FleetOptions(scenario=str(SMALL))) == SMALL_IDS
     # Without a scenario nothing changes: the world's default scenario, dev0..dev3.

@@ -181,6 +181,12 @@ def test_sim_bad_packets_are_counted_and_tracks_keep_flowing(sim):
     assert v['class_calibration'] == 'none'          # the fake model has no calibration file
 
 
+def _params_file_args(pid: int) -> list[str]:
+    """The '--params-file FILE' arguments of a running node (its own file, the fleet's, the user's)."""
+    argv = Path(f'/proc/{pid}/cmdline').read_bytes().decode().split('\0')
+    return [a for i, v in enumerate(argv) if v == '--params-file' for a in ('--params-file', argv[i + 1])]
+
+
 def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     obs, proc = sim['obs'], sim['proc']
     m = re.search(r'started /dev1/device_node \(pid (\d+)\)', proc.output())
@@ -191,14 +197,14 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     assert obs.wait_until(lambda: (time.monotonic() - t_kill > 3.0
                                    and len(weight_devices(obs, t_kill + 2.0)) > 0), 20)
     assert weight_devices(obs, t_kill + 2.0) == {'dev0', 'dev2'}
-    assert len([1 for r, _ in obs.messages('/aggregator/tracks') if r > t_kill + 2.0]) >= 3
+    assert obs.wait_until(lambda: len([1 for r, _ in obs.messages('/aggregator/tracks') if r > t_kill + 2.0]) >= 3,
+                          15)
     assert proc.proc.poll() is None                                 # the runner and the rest live on
     # Restart it as an operator would: the same parameters file (device id, model, fleet key).
     dev0 = re.search(r'started /dev0/device_node \(pid (\d+)\)', proc.output())
-    argv = Path(f'/proc/{dev0.group(1)}/cmdline').read_bytes().decode().split('\0')
-    params = argv[argv.index('--params-file') + 1]
+    params = _params_file_args(int(dev0.group(1)))
     restarted = Proc.python('disac_ros.nodes.device_node', '--ros-args', '-r', '__node:=device_node',
-                            '-r', '__ns:=/dev1', '--params-file', params,
+                            '-r', '__ns:=/dev1', *params,
                             env=ros_env(sim['domain']), log=sim['log_dir'] / 'dev1_restart.log')
     sim['extra'].append(restarted)
     t_re = time.monotonic()
@@ -209,13 +215,12 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
 def test_sim_a_killed_aggregator_restarts_and_tracks_resume(sim):
     obs, proc = sim['obs'], sim['proc']
     pid = int(re.search(r'started /aggregator \(pid (\d+)\)', proc.output()).group(1))
-    argv = Path(f'/proc/{pid}/cmdline').read_bytes().decode().split('\0')
-    params = argv[argv.index('--params-file') + 1]
+    params = _params_file_args(pid)
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
     # The same parameters (devices, model, fleet key): a restart as an operator or a supervisor does.
     restarted = Proc.python('disac_ros.nodes.aggregator_node', '--ros-args', '-r', '__node:=aggregator',
-                            '--params-file', params, env=ros_env(sim['domain']),
+                            *params, env=ros_env(sim['domain']),
                             log=sim['log_dir'] / 'aggregator_restart.log')
     sim['extra'].append(restarted)
     assert obs.wait_until(lambda: len([1 for r, m in obs.messages('/aggregator/tracks') if r > t_kill]) >= 3

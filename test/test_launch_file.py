@@ -95,6 +95,11 @@ def test_launch_file_declares_the_documented_arguments(launch_module):
             'config', 'scenario'} <= names
 
 
+def _fleet_params(node: dict) -> dict:
+    """The fleet's own values among a launched node's parameters (the one dict)."""
+    return next(p for p in node['parameters'] if isinstance(p, dict))
+
+
 @pytest.mark.parametrize('launch_args,runner_args', [
     ({}, []),
     ({'num_devices': '2', 'use_sim_time': 'true', 'log_level': 'debug', 'namespace': 'site1',
@@ -110,7 +115,7 @@ def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args,
 
     args = runner.parse_args(['--config', str(FLEET_YAML), *runner_args])
     # Both front ends make a fresh fleet key per run; compare with the one launch made.
-    key_file = next(n['parameters'][0]['key_file'] for n in nodes if n['executable'] == 'device_node')
+    key_file = next(_fleet_params(n)['key_file'] for n in nodes if n['executable'] == 'device_node')
     assert key_file and Path(key_file).is_file()
     options = dataclasses.replace(runner.options_from_args(args), fleet_key_file=key_file)
     specs = build_fleet(load_fleet_yaml(FLEET_YAML), options)
@@ -123,20 +128,21 @@ def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args,
         assert node['executable'] == spec.executable and cmd[2] == f'disac_ros.nodes.{spec.executable}'
         assert node['name'] == spec.name and f'__node:={spec.name}' in cmd
         assert node['namespace'] == spec.namespace and f'__ns:={spec.namespace}' in cmd
-        assert node['parameters'][0] == spec.parameters
-        assert node['parameters'][1:] == list(spec.params_files)
+        # The node's own parameters file, then the fleet's values, then the user's files.
+        assert node['parameters'] == [*spec.node_params_files, spec.parameters, *spec.params_files]
+        assert all(cmd.index(f) < cmd.index(params_file) for f in spec.node_params_files)
         assert node['remappings'] == list(spec.remappings)
         assert node['arguments'][-1] == cmd[cmd.index('--log-level') + 1] == args.log_level
     if 'scenario' in launch_args:
         k = int(launch_args.get('num_devices', 3))
         ids = ['car_a', 'rsu_north', 'rsu_east'][:k]
-        assert nodes[0]['parameters'][0]['scenario'] == str(SMALL)
-        assert nodes[0]['parameters'][0]['num_devices'] == k
+        assert _fleet_params(nodes[0])['scenario'] == str(SMALL)
+        assert _fleet_params(nodes[0])['num_devices'] == k
         assert [n['namespace'] for n in nodes if n['executable'] == 'device_node'] == [f'/{d}' for d in ids]
-        assert nodes[-1]['parameters'][0]['device_ids'] == ids
+        assert _fleet_params(nodes[-1])['device_ids'] == ids
     elif 'num_devices' in launch_args:
-        assert nodes[0]['parameters'][0]['num_devices'] == 2 and nodes[0]['parameters'][0]['use_sim_time'] is True
+        assert _fleet_params(nodes[0])['num_devices'] == 2 and _fleet_params(nodes[0])['use_sim_time'] is True
         assert nodes[0]['namespace'] == '/site1'
     if 'bag' in launch_args:
         assert nodes[0]['executable'] == 'bag_player'
-        assert nodes[0]['parameters'][0]['bag'] == '/data/bags/sample'
+        assert _fleet_params(nodes[0])['bag'] == '/data/bags/sample'

@@ -270,3 +270,21 @@ def test_header_scope_tags_survive_the_link_and_stop_forgeries_and_replays(conte
         assert _counts(node)['auth_failed'] == 3.0 and node.sync.pending == 1
     finally:
         node.destroy_node()
+
+
+def test_shipped_parameter_files_load_with_ros_args(context, model, tmp_path):
+    """`ros2 run disac_ros aggregator_node --ros-args --params-file config/params/aggregator.yaml`."""
+    from disac_ros.nodes.aggregator_node import AggregatorNode
+    import yaml
+    shipped = Path(__file__).resolve().parents[1] / 'config' / 'params' / 'aggregator.yaml'
+    doc = yaml.safe_load(shipped.read_text())
+    doc['/**/aggregator']['ros__parameters']['fusion_radius_m'] = 3.25      # visible if the file is read
+    mine = tmp_path / 'aggregator.yaml'
+    mine.write_text(yaml.safe_dump(doc))
+    node = AggregatorNode(context=context, cli_args=['--ros-args', '--params-file', str(mine)],
+                          parameter_overrides=[Parameter('model_dir', value=str(model)),
+                                               Parameter('device_ids', value=DEVICES)])
+    try:
+        assert node.cfg['fusion_radius_m'] == 3.25 and node.cfg['max_stamp_age_s'] == 10.0
+    finally:
+        node.destroy_node()

@@ -14,6 +14,8 @@ A fleet file (``config/fleet.yaml``) looks like::
         namespace: ''                # placeholders allowed, e.g. '/{device_id}'
         per_device: false            # true: one node per device id
         sources: [sim]               # start only for these sources (absent: every source)
+        params_file: params/world.yaml   # a ROS 2 parameters file applied first (relative to the
+                                     # fleet YAML's folder; placeholders allowed)
         parameters: {num_devices: '{num_devices}'}
         remappings: {from: to}       # or a list of [from, to] pairs
 
@@ -51,7 +53,8 @@ SOURCES: tuple[str, ...] = ('sim', 'bag', 'external')
 DEFAULT_NUM_DEVICES = 4
 DEFAULT_DEVICE_ID_FORMAT = 'dev{index}'
 _NODE_KEYS = {'name', 'package', 'executable', 'namespace', 'per_device', 'sources', 'parameters',
-              'remappings', 'module'}
+              'remappings', 'module', 'params_file'}
+_SOURCE_KEY = '_source'               # load_fleet_yaml records the file here (relative params_file)
 _FLEET_KEYS = {'num_devices', 'device_ids', 'device_id_format', 'source'}
 # Absolute topics every node shares; a namespaced fleet remaps them under its namespace.
 NAMESPACED_GLOBAL_TOPICS: tuple[str, ...] = ('/tf', '/tf_static', '/clock')
@@ -70,6 +73,7 @@ class NodeSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
     params_files: tuple[str, ...] = ()   # extra ROS params files, applied after ``parameters``
+    node_params_files: tuple[str, ...] = ()  # the entry's own params_file, applied before ``parameters``
     module: str | None = None            # python module with main(), for the runner (python -m)
 
     @property
@@ -104,6 +108,7 @@ def load_fleet_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError('config', f'invalid YAML: {exc}', source=str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError('<root>', 'expected a mapping with a "nodes" list', source=str(p))
+    data[_SOURCE_KEY] = str(p.resolve())
     return data
 
 
@@ -191,7 +196,7 @@ def build_fleet(config: Mapping[str, Any], options: FleetOptions = FleetOptions(
         raise ConfigError('nodes', 'expected a non-empty list of node entries')
 
     base_values = {'num_devices': num_devices, 'source': source, 'bag': options.bag,
-                   'device_ids': device_ids, 'scenario': scenario,
+                   'device_ids': device_ids, 'scenario': scenario, _SOURCE_KEY: config.get(_SOURCE_KEY, ''),
                    'fleet_key_file': options.fleet_key_file, 'fleet_auth': bool(options.fleet_key_file)}
     specs: list[NodeSpec] = []
     for i, entry in enumerate(nodes):
@@ -272,9 +277,19 @@ def _expand(entry: Mapping[str, Any], values: Mapping[str, Any], options: FleetO
     module = entry.get('module')
     if module is None and package == 'disac_ros':
         module = f'disac_ros.nodes.{entry["executable"]}'
+    node_files: tuple[str, ...] = ()
+    if entry.get('params_file'):
+        if not isinstance(entry['params_file'], str):
+            raise ConfigError(f'{where}.params_file', f'expected a file path, got {entry["params_file"]!r}')
+        path = Path(_substitute(entry['params_file'], values, f'{where}.params_file'))
+        if not path.is_absolute():
+            path = (Path(values[_SOURCE_KEY]).parent if values.get(_SOURCE_KEY) else Path.cwd()) / path
+        if not path.is_file():
+            raise ConfigError(f'{where}.params_file', f'not found: {path}')
+        node_files = (str(path),)
     return NodeSpec(package=package, executable=entry['executable'], name=name, namespace=namespace,
                     parameters=parameters, remappings=tuple(remappings),
-                    params_files=tuple(options.params_files), module=module)
+                    params_files=tuple(options.params_files), module=module, node_params_files=node_files)
 
 
 def _substitute(text: str, values: Mapping[str, Any], where: str) -> str:
@@ -282,7 +297,7 @@ def _substitute(text: str, values: Mapping[str, Any], where: str) -> str:
         key = m.group(1)
         if key not in values:
             raise ConfigError(where, f'unknown placeholder {{{key}}} here; available: '
-                                     f'{", ".join("{" + k + "}" for k in sorted(values))}')
+                                     f'{", ".join("{" + k + "}" for k in sorted(values) if not k.startswith("_"))}')
         v = values[key]
         return ','.join(v) if isinstance(v, list) else str(v)
     return _PLACEHOLDER.sub(repl, text)

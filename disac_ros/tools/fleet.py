@@ -109,6 +109,8 @@ def child_command(spec: NodeSpec, params_file: str, log_level: str = 'info',
     cmd = [python, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}', '-r', f'__ns:={spec.namespace}']
     for src, dst in spec.remappings:
         cmd += ['-r', f'{src}:={dst}']
+    for f in spec.node_params_files:            # the node's own file first: the fleet's values win
+        cmd += ['--params-file', f]
     cmd += ['--params-file', params_file]
     for f in spec.params_files:
         cmd += ['--params-file', f]
@@ -126,7 +128,10 @@ def group_command(members: Sequence[NodeSpec], params_file: str, log_level: str 
     cmd = [python, '-m', CONTAINER.module or '']
     for m in members:
         cmd += ['--member', member_argument(m.executable, m.fqn, m.remappings)]
-    cmd += ['--ros-args', '--params-file', params_file]
+    cmd += ['--ros-args']
+    for f in dict.fromkeys(f for m in members for f in m.node_params_files):   # each keyed by node name
+        cmd += ['--params-file', f]
+    cmd += ['--params-file', params_file]
     for f in members[0].params_files:
         cmd += ['--params-file', f]
     cmd += ['--log-level', log_level]
