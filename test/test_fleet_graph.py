@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 from disac_ros.core.fleet_config import FleetOptions, build_fleet, load_fleet_yaml
 from test_launch_file import FakeContext, FakeDeclareLaunchArgument, FakeOpaqueFunction, launch_module  # noqa: F401
@@ -23,7 +24,10 @@ def test_sim_graph_has_world_devices_link_and_aggregator_behind_the_link():
     assert g['/dev2/device_node'].parameters['device_id'] == 'dev2'
     assert g['/aggregator'].parameters['device_ids'] == ['dev0', 'dev1', 'dev2', 'dev3']
     assert g['/aggregator'].parameters['input_topic'] == 'link/feature'
-    assert g['/link'].parameters['output_topic'] == 'link/feature'
+    # The link's own settings come from its parameters file (config/params/link.yaml).
+    (link_file,) = g['/link'].node_params_files
+    link = yaml.safe_load(Path(link_file).read_text())['/**/link']['ros__parameters']
+    assert link['output_topic'] == 'link/feature' and link['input_topic'] == 'semantic/feature'
     assert g['/world'].parameters['num_devices'] == 4
 
 
