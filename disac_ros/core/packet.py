@@ -198,7 +198,8 @@ def dequantize(payload: QuantizedPayload) -> np.ndarray:
     """Unpack and dequantise a payload to float32 of ``payload.shape``; CodecError if malformed."""
     validate_payload(payload)
     q = unpack_bits(payload.payload, payload.bits, payload.num_elements)
-    values = ((q.astype(np.float64) - payload.zero_point) * float(np.float32(payload.scale))).astype(np.float32)
+    with np.errstate(over='ignore'):        # an overflow becomes inf, refused just below
+        values = ((q.astype(np.float64) - payload.zero_point) * float(np.float32(payload.scale))).astype(np.float32)
     if not np.isfinite(values).all():
         # e.g. scale 3e38: finite itself, but the values overflow float32 (and would poison a batch)
         raise CodecError(f'scale: {payload.scale!r} with zero_point {payload.zero_point} overflows float32')

@@ -427,7 +427,7 @@ class AggregatorNode(ManagedNode):
         now = self._now()
         if self._last_clock is not None and now < self._last_clock - 1.0:
             # The clock went back (a bag looped, the simulator restarted): start over.
-            self.get_logger().warn(f'clock jumped back {self._last_clock - now:.1f} s; resetting the tracker')
+            self.get_logger().warning(f'clock jumped back {self._last_clock - now:.1f} s; resetting the tracker')
             self.tracker.reset()
             self.sync.reset()
             self._last_stamp.clear()

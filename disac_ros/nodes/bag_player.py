@@ -80,7 +80,7 @@ class BagPlayer(Node):
             try:
                 cls = message_class(t.msgtype)
             except (ImportError, AttributeError) as exc:
-                self.get_logger().warn(f'not playing {t.topic}: type {t.msgtype} unavailable ({exc})')
+                self.get_logger().warning(f'not playing {t.topic}: type {t.msgtype} unavailable ({exc})')
                 continue
             # A latched topic keeps all its recorded messages for late joiners (up to queue_depth).
             depth = min(max(t.count, 1), self.cfg['queue_depth']) if t.latched else self.cfg['queue_depth']
@@ -112,7 +112,7 @@ class BagPlayer(Node):
             time.sleep(0.05)
         missing = [t for t, p in watched.items() if p.get_subscription_count() < need]
         if missing:
-            self.get_logger().warn(f'playing without {need} subscriber(s) on {missing}')
+            self.get_logger().warning(f'playing without {need} subscriber(s) on {missing}')
         return not missing
 
     def play(self) -> None:
@@ -172,7 +172,7 @@ class BagPlayer(Node):
         """Wait until reliable subscribers acknowledged everything (else a quick exit loses data)."""
         for topic, pub in self._pubs.items():
             if not pub.wait_for_all_acked(Duration(seconds=timeout_s)) and rclpy.ok():
-                self.get_logger().warn(f'not every message on {topic} was acknowledged')
+                self.get_logger().warning(f'not every message on {topic} was acknowledged')
 
     def stop(self) -> None:
         """Ask the playback thread to stop."""

@@ -79,7 +79,7 @@ class BagRecorder(Node):
             if not pubs:
                 continue                       # only subscribers so far: QoS unknown, try later
             if len(types) != 1:
-                self.get_logger().warn(f'skipping {topic}: several types {types}')
+                self.get_logger().warning(f'skipping {topic}: several types {types}')
                 self._skipped.add(topic)
                 continue
             self._subscribe(topic, types[0], pubs)
@@ -91,7 +91,7 @@ class BagRecorder(Node):
             cls = message_class(msgtype)
             self.writer.add_topic(topic, msgtype, reliable=reliable, latched=latched)
         except (ImportError, AttributeError, ConfigError) as exc:
-            self.get_logger().warn(f'skipping {topic} ({msgtype}): {exc}')
+            self.get_logger().warning(f'skipping {topic} ({msgtype}): {exc}')
             self._skipped.add(topic)
             return
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.cfg['queue_depth'],
