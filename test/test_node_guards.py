@@ -10,6 +10,7 @@ the others, and the tracker restarts only when the node's own clock jumps back.
 from __future__ import annotations
 
 import array
+import copy
 from pathlib import Path
 import sys
 
@@ -206,6 +207,12 @@ def test_device_survives_images_that_crash_or_exhaust_the_network(context, model
 
             def run(self, images, cubes):
                 raise RuntimeError('Given input size: (16x0x0). Calculated output size is too small')
+        # Refused on arrival too, so a bad frame never displaces a good one waiting for its partner.
+        node._on_image(Image(height=4000, width=4000, encoding='rgb8', step=12000, data=bytes(16)))
+        bad_rf = copy.deepcopy(rf)
+        bad_rf.iq = array.array('f', [0.0] * 10)
+        node._on_rf(bad_rf)
+        assert node.diag.snapshot()['bad_input'] == 5.0 and not node._images and not node._rf
         node.pipeline = FakeCrashingPipeline()
         img = Image(height=32, width=32, encoding='rgb8', step=96, data=bytes(96 * 32))
         node._pending = (9.0, img, rf)
