@@ -146,3 +146,16 @@ def test_launch_file_and_runner_start_the_same_nodes(launch_module, launch_args,
     if 'bag' in launch_args:
         assert nodes[0]['executable'] == 'bag_player'
         assert _fleet_params(nodes[0])['bag'] == '/data/bags/sample'
+
+
+def test_launch_arguments_are_validated_with_clear_messages(launch_module):
+    from disac_ros.core.errors import ConfigError
+    with pytest.raises(ConfigError, match=r'num_devices.*whole number >= 1.*abc'):
+        launched_nodes(launch_module, config=str(FLEET_YAML), num_devices='abc')
+    with pytest.raises(ConfigError, match=r'use_sim_time.*true or false'):
+        launched_nodes(launch_module, config=str(FLEET_YAML), use_sim_time='maybe')
+    nodes = launched_nodes(launch_module, config=str(FLEET_YAML), use_sim_time='True')   # any case
+    assert all(_fleet_params(n)['use_sim_time'] is True for n in nodes)
+    composed = launched_nodes(launch_module, config=str(FLEET_YAML), use_composition='true')
+    assert [n['executable'] for n in composed] == ['container']
+    assert sum(a == '--member' for a in composed[0]['arguments']) == 7   # world, 4 devices, link, aggregator
