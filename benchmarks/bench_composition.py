@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,7 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
 def run_once(layout: str, args: argparse.Namespace, domain: int) -> dict:
     """One fleet run; returns its measurements."""
     from disac_interfaces.msg import TrackedObjectArray
-    from ros_helpers import Observer, ros_env
+    from ros_helpers import Observer, Proc, ros_env
     from disac_ros.nodes import conversions as cv
     from disac_ros.nodes.qos import reliable_qos
     obs = Observer(domain, name=f'bench_{layout}')
@@ -66,14 +64,13 @@ def run_once(layout: str, args: argparse.Namespace, domain: int) -> dict:
         cmd += ['-p', f'model_dir={args.model}']
     if layout == 'composed':
         cmd.append('--use-composition')
-    log = open(Path(tempfile.gettempdir()) / f'bench_composition_{layout}.log', 'wb')
-    proc = subprocess.Popen(cmd, env=ros_env(domain), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    fleet = Proc(cmd, ros_env(domain), Path(tempfile.gettempdir()) / f'bench_composition_{layout}.log')
+    proc = fleet.proc
     try:
         t_start = time.monotonic()
         if not obs.wait_until(lambda: len(obs.messages('/aggregator/tracks')) > 0 or proc.poll() is not None,
                               args.start_timeout):
-            raise RuntimeError(f'{layout}: no tracks within {args.start_timeout} s (log: {log.name})')
+            raise RuntimeError(f'{layout}: no tracks within {args.start_timeout} s (log: {fleet.log})')
         first_tracks_s = time.monotonic() - t_start
         time.sleep(2.0)                          # past the first-call warm-up of every node
         procs = _tree(proc.pid)
@@ -89,12 +86,7 @@ def run_once(layout: str, args: argparse.Namespace, domain: int) -> dict:
         wall_minus_mono = time.time() - time.monotonic()
         lat = sorted((r + wall_minus_mono - cv.msg_to_time(m.header.stamp)) * 1e3 for r, m in got)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        fleet.stop_group(signal.SIGINT)
         obs.close()
     return {'layout': layout, 'processes': len(procs), 'cpu_cores': (cpu1 - cpu0) / (t1 - t0),
             'rss_mb': rss, 'tracks_hz': len(got) / (t1 - t0),

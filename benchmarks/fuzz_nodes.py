@@ -22,11 +22,9 @@ import argparse
 import array
 import copy
 import math
-import os
 from pathlib import Path
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +64,7 @@ def main() -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from disac_interfaces.msg import RfFrame, SemanticFeature, TrackedObjectArray
     from sensor_msgs.msg import Image
-    from ros_helpers import Observer, new_domain_id, ros_env
+    from ros_helpers import Observer, Proc, new_domain_id, ros_env
     from disac_ros.nodes import conversions as cv
     from disac_ros.nodes.qos import reliable_qos, sensor_qos
 
@@ -79,9 +77,8 @@ def main() -> int:
            '-p', f'world.renderer={args.renderer}', '--log-level', 'error']
     if args.model:
         cmd += ['-p', f'model_dir={args.model}']
-    log = open(Path(tempfile.gettempdir()) / 'fuzz_nodes_fleet.log', 'w+b')
-    fleet = subprocess.Popen(cmd, env=ros_env(domain), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    runner = Proc(cmd, ros_env(domain), Path(tempfile.gettempdir()) / 'fuzz_nodes_fleet.log')
+    fleet = runner.proc
     feat_pub = obs.node.create_publisher(SemanticFeature, '/dev0/link/feature', sensor_qos(50))
     img_pub = obs.node.create_publisher(Image, '/dev0/camera/image_raw', sensor_qos(10))
     rf_pub = obs.node.create_publisher(RfFrame, '/dev0/rf/frame', sensor_qos(10))
@@ -89,11 +86,10 @@ def main() -> int:
     try:
         if not obs.wait_until(lambda: len(obs.messages('/aggregator/tracks')) > 5 and obs.messages('/dev0/link/feature')
                               or fleet.poll() is not None, args.start_timeout):
-            print('no tracks / no features: is the fleet running? log:', log.name)
+            print('no tracks / no features: is the fleet running? log:', runner.log)
             return 1
-        log.seek(0)
         pids = {m.group(1): int(m.group(2)) for m in
-                re.finditer(r'started (\S+)(?: hosting .*)? \(pid (\d+)\)', log.read().decode(errors='replace'))}
+                re.finditer(r'started (\S+)(?: hosting .*)? \(pid (\d+)\)', runner.output())}
         valid = obs.messages('/dev0/link/feature')[-1][1]
 
         def now_stamp(offset: float = 0.0) -> Time:
@@ -189,11 +185,7 @@ def main() -> int:
               f'{rss0:.0f} -> peak {peak:.0f} -> {rss1:.0f} MB; tracks during the flood {tracks / flood_s:.1f} Hz')
         failed |= tracks == 0 or fleet.poll() is not None
     finally:
-        os.killpg(fleet.pid, signal.SIGINT)
-        try:
-            fleet.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(fleet.pid, signal.SIGKILL)
+        runner.stop_group(signal.SIGINT)
         obs.close()
     print('RESULT:', 'a node died or tracks stopped' if failed else 'no crash, tracks kept flowing')
     return 1 if failed else 0

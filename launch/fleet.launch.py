@@ -29,7 +29,7 @@ from launch_ros.actions import Node
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import (SOURCES, FleetOptions, build_fleet, find_default_config, load_fleet_yaml,
                                          params_file_content, write_fleet_key)
-from disac_ros.nodes.container import COMPOSABLE, member_argument
+from disac_ros.nodes.container import container_arguments, is_composable
 
 ARGUMENTS = (
     ('config', '', 'fleet YAML; empty = the installed config/fleet.yaml', None),
@@ -73,16 +73,17 @@ def fleet_options(context) -> FleetOptions:
 
 def _launch_nodes(context, *args, **kwargs):
     config = LaunchConfiguration('config').perform(context).strip() or str(find_default_config())
-    # The run's signing key in a private folder (never on a command line), removed when launch ends.
-    key_dir = tempfile.mkdtemp(prefix='disac_launch_key_')
-    atexit.register(shutil.rmtree, key_dir, True)
-    options = dataclasses.replace(fleet_options(context), fleet_key_file=write_fleet_key(key_dir))
+    # The run's signing key (never on a command line) and generated files: a private folder,
+    # removed when launch ends.
+    run_dir = Path(tempfile.mkdtemp(prefix='disac_launch_'))
+    atexit.register(shutil.rmtree, run_dir, True)
+    options = dataclasses.replace(fleet_options(context), fleet_key_file=write_fleet_key(run_dir))
     specs = build_fleet(load_fleet_yaml(config), options)
     log_level = LaunchConfiguration('log_level').perform(context)
     compose = LaunchConfiguration('use_composition').perform(context).strip().lower()
     if compose not in ('true', 'false'):
         raise ConfigError('use_composition', f'expected true or false, got {compose!r}')
-    hosted = [s for s in specs if compose == 'true' and s.package == 'disac_ros' and s.executable in COMPOSABLE]
+    hosted = [s for s in specs if compose == 'true' and is_composable(s)]
     actions = [
         Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
              parameters=[*spec.node_params_files, dict(spec.parameters), *spec.params_files],
@@ -93,13 +94,10 @@ def _launch_nodes(context, *args, **kwargs):
     ]
     if hosted:
         # One process; each member's parameters are keyed by its full name in one params file.
-        params = Path(tempfile.mkdtemp(prefix='disac_launch_')) / 'fleet_params.yaml'
+        params = run_dir / 'fleet_params.yaml'
         params.write_text(yaml.safe_dump(params_file_content(hosted), sort_keys=False))
-        members = [a for s in hosted for a in ('--member', member_argument(s.executable, s.fqn, s.remappings))]
-        node_files = dict.fromkeys(f for s in hosted for f in s.node_params_files)   # keyed by node name
-        files = [a for f in (*node_files, str(params), *hosted[0].params_files) for a in ('--params-file', f)]
         actions.append(Node(package='disac_ros', executable='container', output='screen',
-                            arguments=[*members, '--ros-args', *files, '--log-level', log_level]))
+                            arguments=[*container_arguments(hosted, str(params)), '--log-level', log_level]))
     return actions
 
 

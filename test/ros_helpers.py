@@ -133,6 +133,20 @@ class Proc:
         self._file.close()
         return self.proc.returncode
 
+    def stop_group(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int | None:
+        """What a terminal's Ctrl-C does: ``sig`` to the whole process group, wait, SIGKILL the
+        group if it does not end. Returns the exit code (None when it had to be killed)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+            return self.proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        finally:
+            self._file.close()
+
     def kill(self) -> None:
         """SIGKILL the process group (the runner's children are in their own groups: PDEATHSIG)."""
         try:

@@ -28,7 +28,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import REPO, Observer, Proc, new_domain_id, require_ros2_tools, ros_env  # noqa: E402
+from ros_helpers import Observer, Proc, new_domain_id, require_ros2_tools, ros_env  # noqa: E402
 
 pytest.importorskip('disac_interfaces.msg', reason='needs the built workspace (scripts/setup.sh)')
 require_ros2_tools('launch', 'launch_ros', 'ros2cli', 'ros2launch', 'ros2param')
@@ -61,16 +61,6 @@ def _params_file(tmp_path: Path) -> Path:
 
 def _launch(args: list[str], domain: int, log: Path) -> Proc:
     return Proc([_ros2(), 'launch', 'disac_ros', 'fleet.launch.py', *args], ros_env(domain), log)
-
-
-def _terminal_ctrl_c(proc: Proc, timeout: float = 30.0) -> int | None:
-    """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
-    os.killpg(proc.proc.pid, signal.SIGINT)
-    try:
-        return proc.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return None
 
 
 def _assert_clean_stop(proc: Proc, rc: int | None, processes: int) -> None:
@@ -136,7 +126,7 @@ def test_two_namespaced_fleets_param_set_and_terminal_ctrl_c(tmp_path):
                                env=env, capture_output=True, text=True, timeout=60)
         assert state.stdout.startswith('active'), state.stdout + state.stderr
 
-        rc = _terminal_ctrl_c(site1)
+        rc = site1.stop_group(signal.SIGINT)    # what a terminal's Ctrl-C does
         _assert_clean_stop(site1, rc, processes=5)    # world, 2 devices, link, aggregator
         assert site2.stop(signal.SIGINT, timeout=30) == 0, site2.tail()
     finally:
@@ -164,7 +154,7 @@ def test_bag_source_keeps_the_start_of_the_bag(tmp_path):
         # be in flight when the player ends).
         assert obs.wait_until(lambda: len(obs.messages('/aggregator/tracks')) >= frames - 2, 15), \
             f'{len(obs.messages("/aggregator/tracks"))} track messages for a {frames}-frame bag\n{proc.tail()}'
-        rc = _terminal_ctrl_c(proc)
+        rc = proc.stop_group(signal.SIGINT)
         _assert_clean_stop(proc, rc, processes=2)     # player; 2 devices, link and aggregator composed
     finally:
         if proc.proc.poll() is None:

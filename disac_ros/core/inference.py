@@ -77,6 +77,14 @@ def find_model_dir(path: str | os.PathLike[str] = '') -> Path:
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 2048
 MAX_RF_ELEMENTS = 1 << 22
 
+
+def image_size_problem(height: int, width: int) -> str:
+    """Why a device refuses an image of this size ('' when it takes it): 0x0 crashes the CNN,
+    4000x4000 costs seconds and gigabytes."""
+    if MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE:
+        return ''
+    return f'{width}x{height} pixels; each side must be in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}'
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What ``model.json`` and ``recipe.json`` say about a model folder."""
@@ -220,10 +228,9 @@ class DevicePipeline:
             a = np.asarray(im)
             if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
                 raise ConfigError(f'image[{i}]', f'expected (H, W, 3) uint8, got {a.dtype} {a.shape}')
-            if not (MIN_IMAGE_SIDE <= a.shape[0] <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= a.shape[1] <= MAX_IMAGE_SIDE):
-                # 0x0 crashes the CNN; 4000x4000 costs seconds and gigabytes: refuse both up front.
-                raise ConfigError(f'image[{i}]', f'{a.shape[1]}x{a.shape[0]} pixels; each side must be in '
-                                                 f'{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}')
+            problem = image_size_problem(a.shape[0], a.shape[1])
+            if problem:
+                raise ConfigError(f'image[{i}]', problem)
             imgs.append(a)
         img = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0).contiguous()
         rf = torch.from_numpy(np.stack([self.rf_features(c) for c in cubes]))

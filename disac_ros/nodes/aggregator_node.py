@@ -41,7 +41,7 @@ from visualization_msgs.msg import MarkerArray
 from disac_ros.core.detection_fusion import (check_class_thresholds, check_class_weights, FUSION_METHODS,
                                              FusionConfig)
 from disac_ros.core.errors import ConfigError, DisacError
-from disac_ros.core.packet import AUTH_SCOPES, CODEC_VERSION, dequantize
+from disac_ros.core.packet import AUTH_SCOPES, CODEC_VERSION, dequantize, payload_bytes
 from disac_ros.core.sync import FeatureSynchronizer, TimedPacket
 from disac_ros.core.training.recipes import DECODER_KINDS
 from disac_ros.core.tracking import MultiObjectTracker, NUM_CLASSES, Track, TrackerConfig
@@ -245,8 +245,7 @@ class AggregatorNode(ManagedNode):
         class_weights = parse_per_class(cfg['class_weights'], f'{name}.class_weights', check_class_weights)
         class_thresholds = parse_per_class(cfg['class_thresholds'], f'{name}.class_thresholds',
                                            check_class_thresholds)
-        fusion = FusionConfig.for_method(cfg['detection_fusion'], cfg['fusion_radius_m'],
-                                         cfg['nms_radius_m'], cfg['fusion_min_score'])
+        fusion = self._fusion_config(cfg)
         tracker = self._tracker_config(cfg)
         if self.pipeline is not None:
             self.pipeline.retune(cfg['score_threshold'], fusion, class_weights, class_thresholds)
@@ -277,9 +276,10 @@ class AggregatorNode(ManagedNode):
             data['merge_radius_m'] = cfg['tracker_merge_radius_m']
         return TrackerConfig.from_dict(data, source=cfg['tracker_file'] or None)
 
-    def _fusion_config(self) -> FusionConfig:
-        return FusionConfig.for_method(self.cfg['detection_fusion'], self.cfg['fusion_radius_m'],
-                                       self.cfg['nms_radius_m'], self.cfg['fusion_min_score'])
+    def _fusion_config(self, cfg: dict | None = None) -> FusionConfig:
+        cfg = cfg or self.cfg
+        return FusionConfig.for_method(cfg['detection_fusion'], cfg['fusion_radius_m'],
+                                       cfg['nms_radius_m'], cfg['fusion_min_score'])
 
     def _build_pipeline(self, model_dir: Path) -> AggregatorPipeline:
         from disac_ros.core.inference import AggregatorPipeline    # torch: imported when first needed
@@ -311,6 +311,10 @@ class AggregatorNode(ManagedNode):
         if self.model is not None:
             self.model.cancel()
         self.model, self.pipeline = None, None
+        self._restart_stream()
+
+    def _restart_stream(self) -> None:
+        """Forget every track, open group and per-device stamp (cleanup, a clock jump)."""
         self.sync.reset()
         self.tracker.reset()
         self._last_stamp.clear()
@@ -386,8 +390,8 @@ class AggregatorNode(ManagedNode):
             if shape != (n, 2):
                 return f'shape {list(shape)}, expected [{n}, 2]'
             bits = int(msg.bits_per_element)
-            if 1 <= bits <= 8 and len(msg.payload) != (2 * n * bits + 7) // 8:
-                return f'payload of {len(msg.payload)} bytes, expected {(2 * n * bits + 7) // 8} at {bits} bits'
+            if 1 <= bits <= 8 and len(msg.payload) != payload_bytes(n, bits):
+                return f'payload of {len(msg.payload)} bytes, expected {payload_bytes(n, bits)} at {bits} bits'
         elif len(msg.payload) > MAX_PAYLOAD_BYTES:
             return f'payload of {len(msg.payload)} bytes (limit {MAX_PAYLOAD_BYTES})'
         x, y, yaw = fm.pose_xyyaw(msg.device_pose)
@@ -428,9 +432,7 @@ class AggregatorNode(ManagedNode):
         if self._last_clock is not None and now < self._last_clock - 1.0:
             # The clock went back (a bag looped, the simulator restarted): start over.
             self.get_logger().warning(f'clock jumped back {self._last_clock - now:.1f} s; resetting the tracker')
-            self.tracker.reset()
-            self.sync.reset()
-            self._last_stamp.clear()
+            self._restart_stream()
             self.diag.count('clock_jumps')
         self._last_clock = now
         for dev, s in self.sync.staleness(now).items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import NamedTuple, Sequence
 
@@ -28,6 +27,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from disac_ros.core.errors import ConfigError
+from disac_ros.core.fleet_config import NodeSpec
 from disac_ros.nodes.node_main import EXIT_CONFIG, run_nodes
 
 # Executables whose node can share a process (the bag player and recorder run their own threads).
@@ -38,6 +38,21 @@ COMPOSABLE: dict[str, tuple[str, str]] = {
     'aggregator_node': ('disac_ros.nodes.aggregator_node', 'AggregatorNode'),
     'rf_synth_node': ('disac_ros.nodes.rf_synth_node', 'RfSynthNode'),
 }
+
+
+def is_composable(spec: NodeSpec) -> bool:
+    """Whether the node of ``spec`` can be hosted by the container."""
+    return spec.package == 'disac_ros' and spec.executable in COMPOSABLE
+
+
+def container_arguments(members: Sequence[NodeSpec], params_file: str) -> list[str]:
+    """The container's arguments for ``members`` (before ``--log-level``): one ``--member`` each,
+    then the members' own parameters files (each keyed by its node name), the fleet's
+    ``params_file`` (keyed by full name) and the user's files, in that order of precedence."""
+    args = [a for m in members for a in ('--member', member_argument(m.executable, m.fqn, m.remappings))]
+    node_files = dict.fromkeys(f for m in members for f in m.node_params_files)
+    files = (*node_files, params_file, *members[0].params_files)
+    return [*args, '--ros-args', *(a for f in files for a in ('--params-file', f))]
 
 
 class Member(NamedTuple):
@@ -94,9 +109,9 @@ def main(args: list[str] | None = None, prog: str = 'container') -> int:
     p.add_argument('--member', action='append', required=True,
                    help="a node to host: '[EXECUTABLE@]/NAMESPACE/NAME[|FROM:=TO...]' (repeatable); "
                         f"executables: {', '.join(COMPOSABLE)} (default device_node)")
-    p.add_argument('--threads', type=int, default=0,
-                   help='executor threads (default 1, or $DISAC_CONTAINER_THREADS: a single-threaded '
-                        'executor; measured faster than a multi-threaded one under the GIL)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='executor threads (default 1: a single-threaded executor, measured faster '
+                        'than a multi-threaded one under the GIL)')
     opts = p.parse_args(own)
     try:
         members = [parse_member(m) for m in opts.member]
@@ -109,8 +124,8 @@ def main(args: list[str] | None = None, prog: str = 'container') -> int:
             nodes.append(build_member(m))
 
     def spin(nodes: list[Node]) -> None:
-        threads = opts.threads or int(os.environ.get('DISAC_CONTAINER_THREADS', '1'))
-        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
+        executor = (SingleThreadedExecutor() if opts.threads <= 1
+                    else MultiThreadedExecutor(num_threads=opts.threads))
         for n in nodes:
             executor.add_node(n)
         executor.spin()

@@ -192,14 +192,21 @@ def radar_noise_power_dbm(radar: object) -> float:
         getattr(radar, 'noise_figure_db', 0.0))
 
 
+def rf_shape_problem(msg: RfFrame) -> str:
+    """Why an RfFrame's data cannot be its cube ('' when it can)."""
+    n = math.prod(int(s) for s in msg.shape) if len(msg.shape) else 0
+    if len(msg.iq) != 2 * n:
+        return f'rf.iq: {len(msg.iq)} floats, expected 2 * prod(shape {list(msg.shape)}) = {2 * n}'
+    return ''
+
+
 def msg_to_rf(msg: RfFrame) -> np.ndarray:
     """RfFrame -> complex64 cube of ``msg.shape`` (a copy)."""
-    shape = tuple(int(s) for s in msg.shape)
+    problem = rf_shape_problem(msg)
+    if problem:
+        raise ValueError(problem)
     iq = np.frombuffer(memoryview(msg.iq), dtype=np.float32)
-    n = int(np.prod(shape)) if shape else 0
-    if iq.size != 2 * n:
-        raise ValueError(f'rf.iq: {iq.size} floats, expected 2 * prod(shape) = {2 * n}')
-    return iq.view(np.complex64).reshape(shape).copy()
+    return iq.view(np.complex64).reshape(tuple(int(s) for s in msg.shape)).copy()
 
 
 # ---- poses and tf -------------------------------------------------------------------------------

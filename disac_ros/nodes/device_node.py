@@ -163,24 +163,23 @@ class DeviceNode(ManagedNode):
 
     def _on_image(self, msg: Image) -> None:
         self.diag.tick('image_in')
-        from disac_ros.core.inference import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
-        if not (MIN_IMAGE_SIDE <= msg.height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= msg.width <= MAX_IMAGE_SIDE) \
-                or len(msg.data) != msg.step * msg.height:
+        from disac_ros.core.inference import image_size_problem
+        problem = image_size_problem(msg.height, msg.width) or (
+            '' if len(msg.data) == msg.step * msg.height else f'{len(msg.data)} bytes, not step x height')
+        if problem:
             # Refused on arrival: it must not displace a good frame waiting for its RF partner.
             self.diag.count('bad_input')
-            return self._warn(f'image {msg.width}x{msg.height} ({len(msg.data)} bytes, step {msg.step}) refused: '
-                              f'each side must be in {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} and data = step x height',
-                              key='image')
+            return self._warn(f'image refused: {problem}', key='image')
         self._images.append((cv.msg_to_time(msg.header.stamp), msg))
         self._pair()
 
     def _on_rf(self, msg: RfFrame) -> None:
         self.diag.tick('rf_in')
-        n = math.prod(int(v) for v in msg.shape) if len(msg.shape) else 0
-        if len(msg.shape) != 3 or len(msg.iq) != 2 * n:
+        problem = cv.rf_shape_problem(msg) or ('' if len(msg.shape) == 3 else f'shape {list(msg.shape)}, '
+                                                                               'expected (rx, chirp, sample)')
+        if problem:
             self.diag.count('bad_input')
-            return self._warn(f'RfFrame shape {list(msg.shape)} with {len(msg.iq)} floats refused: '
-                              'expected 3 dimensions and 2 * prod(shape) floats', key='rf')
+            return self._warn(f'RfFrame refused: {problem}', key='rf')
         self._rf.append((cv.msg_to_time(msg.header.stamp), msg))
         self._pair()
 

@@ -50,11 +50,15 @@ def set_payload(msg: SemanticFeature, payload: QuantizedPayload) -> None:
     msg.payload = array.array('B', bytes(payload.payload))
 
 
+def _quantized(msg: SemanticFeature) -> QuantizedPayload:
+    return QuantizedPayload(shape=tuple(int(s) for s in msg.shape), scale=float(msg.scale),
+                            zero_point=int(msg.zero_point), bits=int(msg.bits_per_element),
+                            payload=bytes(msg.payload))
+
+
 def msg_payload(msg: SemanticFeature) -> QuantizedPayload:
     """The payload of a received message; CodecError names a malformed field."""
-    p = QuantizedPayload(shape=tuple(int(s) for s in msg.shape), scale=float(msg.scale),
-                         zero_point=int(msg.zero_point), bits=int(msg.bits_per_element),
-                         payload=bytes(msg.payload))
+    p = _quantized(msg)
     validate_payload(p)
     return p
 
@@ -64,10 +68,7 @@ def packet_fields(msg: SemanticFeature) -> PacketFields:
     q, t = msg.device_pose.orientation, msg.device_pose.position
     return PacketFields(device_id=msg.device_id, seq=int(msg.seq), codec_version=int(msg.codec_version),
                         stamp_sec=int(msg.header.stamp.sec), stamp_nanosec=int(msg.header.stamp.nanosec),
-                        payload=QuantizedPayload(shape=tuple(int(s) for s in msg.shape), scale=float(msg.scale),
-                                                 zero_point=int(msg.zero_point), bits=int(msg.bits_per_element),
-                                                 payload=bytes(msg.payload)),
-                        pose=(t.x, t.y, t.z, q.x, q.y, q.z, q.w))
+                        payload=_quantized(msg), pose=(t.x, t.y, t.z, q.x, q.y, q.z, q.w))
 
 
 def pose_xyyaw(msg: PoseMsg) -> tuple[float, float, float]:

@@ -119,20 +119,20 @@ def _stop_on_signals() -> None:
         else:
             rclpy.try_shutdown()        # still building: no executor runs a callback yet
     _stop_guard.clear()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(sig, stop)
-        except (ValueError, OSError):
-            pass                        # not the main thread: rclpy's defaults stay
+    _set_stop_signals(stop)
 
 
 def _ignore_stop_signals() -> None:
     """From the first stop on, further SIGINT/SIGTERM must not interrupt the cleanup."""
+    _set_stop_signals(signal.SIG_IGN)
+
+
+def _set_stop_signals(handler: Callable | int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, handler)
         except (ValueError, OSError):
-            pass                        # not the main thread (a node hosted by a test): nothing to do
+            pass                        # not the main thread (a node hosted by a test): rclpy's defaults stay
 
 
 def _close_node(node: Node, name: str, code: int) -> int:

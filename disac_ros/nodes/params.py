@@ -6,15 +6,15 @@ then checks type, range and choices itself and raises ``ConfigError`` naming ``<
 Floats accept integer overrides (a YAML ``rate_hz: 5`` must not be a type error).
 
 Parameters are read-only unless their spec says ``read_only=False``; ``on_parameter_change``
-accepts a ``ros2 param set`` of those after the same validation plus the node's own check, and
-refuses the others with the reason (structural: restart the node to change it). ``usage`` is the
+accepts a ``ros2 param set`` of those after the same validation plus the node's own check; rclpy
+refuses the others by their read-only descriptor, whose description says why (structural). ``usage`` is the
 text of a node executable's ``--help``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
@@ -141,9 +141,7 @@ def on_parameter_change(node: Node, specs: Sequence[Param], values: dict[str, An
             spec = by_name.get(p.name)
             if spec is None:
                 continue                     # rclpy's own (use_sim_time) or undeclared: not ours
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f'{p.name} is read-only: '
-                                           'structural, restart the node to change it')
+            # (read-only specs never get here: rclpy refuses them by their descriptor)
             try:
                 changed[p.name] = validate(spec, p.value, f'{node.get_name()}.{p.name}')
             except ConfigError as exc:
@@ -160,8 +158,7 @@ def on_parameter_change(node: Node, specs: Sequence[Param], values: dict[str, An
     node.add_on_set_parameters_callback(callback)
 
 
-def usage(executable: str, doc: str, specs: Sequence[Param],
-          ros_args: Mapping[str, str] | None = None) -> str:
+def usage(executable: str, doc: str, specs: Sequence[Param]) -> str:
     """The ``--help`` text of a node executable: what it does, how to run it, its parameters."""
     summary = (doc or '').strip().split('\n\n')[0].strip()
     lines = [f'usage: ros2 run disac_ros {executable} [--help] [--ros-args -p NAME:=VALUE ... '

@@ -32,7 +32,7 @@ from disac_ros.core.errors import ConfigError
 from disac_ros.core.fleet_config import (SOURCES, FleetOptions, NodeSpec, build_fleet, find_default_config,
                                          fleet_device_ids, load_fleet_yaml, params_file_content,
                                          write_fleet_key)
-from disac_ros.nodes.container import COMPOSABLE, member_argument
+from disac_ros.nodes.container import container_arguments, is_composable
 
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 EXIT_OK, EXIT_CHILD_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -125,17 +125,8 @@ CONTAINER = NodeSpec(package='disac_ros', executable='container', name='containe
 def group_command(members: Sequence[NodeSpec], params_file: str, log_level: str = 'info',
                   python: str = sys.executable) -> list[str]:
     """The argv that hosts several nodes in one process (disac_ros.nodes.container)."""
-    cmd = [python, '-m', CONTAINER.module or '']
-    for m in members:
-        cmd += ['--member', member_argument(m.executable, m.fqn, m.remappings)]
-    cmd += ['--ros-args']
-    for f in dict.fromkeys(f for m in members for f in m.node_params_files):   # each keyed by node name
-        cmd += ['--params-file', f]
-    cmd += ['--params-file', params_file]
-    for f in members[0].params_files:
-        cmd += ['--params-file', f]
-    cmd += ['--log-level', log_level]
-    return cmd
+    return [python, '-m', CONTAINER.module or '', *container_arguments(members, params_file),
+            '--log-level', log_level]
 
 
 def process_groups(specs: Sequence[NodeSpec], share_device_process: bool,
@@ -145,7 +136,7 @@ def process_groups(specs: Sequence[NodeSpec], share_device_process: bool,
     ``use_composition`` (placed where the first hosted one was)."""
     def hosted(s: NodeSpec) -> bool:
         if use_composition:
-            return s.package == 'disac_ros' and s.executable in COMPOSABLE
+            return is_composable(s)
         return share_device_process and s.executable == 'device_node'
     together = [s for s in specs if hosted(s)]
     groups: list[tuple[NodeSpec, list[NodeSpec]]] = []
