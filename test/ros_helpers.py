@@ -60,6 +60,9 @@ def fleet_subset_config(folder: Path, node_names: list[str]) -> Path:
     import yaml
     cfg = yaml.safe_load((REPO / 'config' / 'fleet.yaml').read_text())
     cfg['nodes'] = [n for n in cfg['nodes'] if n['name'] in node_names]
+    for n in cfg['nodes']:          # relative to config/, where the reduced file does not live
+        if n.get('params_file') and not Path(n['params_file']).is_absolute():
+            n['params_file'] = str(REPO / 'config' / n['params_file'])
     missing = set(node_names) - {n['name'] for n in cfg['nodes']}
     assert not missing, f'config/fleet.yaml has no node named {sorted(missing)}'
     path = Path(folder) / ('fleet_' + '_'.join(node_names) + '.yaml')

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from disac_interfaces.msg import AggregationWeights, SemanticFeature, TrackedObject, TrackedObjectArray
+from rclpy.event_handler import SubscriptionEventCallbacks
 from visualization_msgs.msg import MarkerArray
 
 from disac_ros.core.detection_fusion import (check_class_thresholds, check_class_weights, FUSION_METHODS,
@@ -205,10 +206,11 @@ class AggregatorNode(ManagedNode):
         self.diag = Diagnostics(self, 'aggregator', warn_if=self._warning)
         for key in ('groups', 'tracks_published', 'unknown_device', 'bad_payload', 'bad_codec', 'auth_failed',
                     'late', 'duplicate', 'decode_errors', 'stale_stamp', 'future_stamp', 'replayed',
-                    'clock_jumps'):
+                    'clock_jumps', 'lost', 'dds_lost'):
             self.diag.set(key, 0.0)
         self._throttle = LogThrottle(self)      # bad streams must not flood the log
         self._last_stamp: dict[str, float] = {}  # newest accepted sensor stamp per device
+        self._last_seq: dict[str, int] = {}      # newest accepted sequence number per device
         self._last_clock: float | None = None
         self.model: RetryingModelLoader | None = None
         self.tracks_pub = self.create_publisher(TrackedObjectArray, cfg['tracks_topic'], reliable_qos(10))
@@ -228,8 +230,12 @@ class AggregatorNode(ManagedNode):
         qos = qos_by_name(cfg['input_qos'])
         for dev in self.device_ids:
             topic = device_topic(dev, cfg['input_topic'])
+            # DDS reports samples it knows it lost (a best-effort gap, a full history); the
+            # sequence numbers below also count what never reached DDS (the radio dropped it).
+            lost = SubscriptionEventCallbacks(message_lost=lambda info, d=dev: self._on_dds_lost(d, info))
             self.track(self.create_subscription(SemanticFeature, topic,
-                                                lambda m, d=dev: self._on_feature(d, m), qos))
+                                                lambda m, d=dev: self._on_feature(d, m), qos,
+                                                event_callbacks=lost))
         self.track(self.create_timer(cfg['process_period_s'], self._process))
         self.get_logger().info(
             f'aggregating {self.device_ids} from {self.get_namespace().rstrip("/")}/<dev>/{cfg["input_topic"]} -> '
@@ -318,6 +324,7 @@ class AggregatorNode(ManagedNode):
         self.sync.reset()
         self.tracker.reset()
         self._last_stamp.clear()
+        self._last_seq.clear()
 
     def _warning(self, values: dict) -> str | None:
         if self.model is None:
@@ -372,6 +379,7 @@ class AggregatorNode(ManagedNode):
             return self._reject('bad_payload', dev, f'symbols up to {np.abs(symbols).max():.3g}, '
                                                     f'beyond any channel output (|x| <= {MAX_SYMBOL:g})')
         self._last_stamp[dev] = stamp
+        self._count_sequence(dev, int(msg.seq))
         pose = fm.pose_xyyaw(msg.device_pose)
         packet = ReceivedPacket(dev, symbols, float(msg.snr_db), float(msg.distance_m), pose)
         # The exact stamp travels along: float seconds lose nanoseconds at epoch scale.
@@ -381,6 +389,24 @@ class AggregatorNode(ManagedNode):
         self.diag.set(f'{dev}.distance_m', float(msg.distance_m))
         if result != 'accepted':
             self.diag.count(result)
+
+    def _count_sequence(self, dev: str, seq: int) -> None:
+        """Per device: packets received, and lost in transit (gaps in ``seq``, link or network).
+
+        Counted only for packets that passed every check, so a forged ``seq`` cannot inflate it;
+        a ``seq`` that goes back is a restarted device, not a loss.
+        """
+        last = self._last_seq.get(dev)
+        if last is not None and seq > last + 1:
+            self.diag.count(f'{dev}.lost', seq - last - 1)
+            self.diag.count('lost', seq - last - 1)
+        self._last_seq[dev] = seq
+        self.diag.count(f'{dev}.received')
+
+    def _on_dds_lost(self, dev: str, info: Any) -> None:
+        n = int(getattr(info, 'total_count_change', 1)) or 1
+        self.diag.count(f'{dev}.dds_lost', n)
+        self.diag.count('dds_lost', n)
 
     def _implausible(self, msg: SemanticFeature) -> str:
         """Why a packet's header fields cannot come from a real device ('' when plausible)."""

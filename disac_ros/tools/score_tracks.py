@@ -1,6 +1,6 @@
 """disac-score-tracks: score a recorded run's tracks against the simulator's ground truth.
 
-    disac-score-tracks --bag out/demo/bag [--tracks /aggregator/tracks] [--gt /world/ground_truth]
+    disac-score-tracks --bag out/demo/bag [BAG2 ...] [--tracks /aggregator/tracks] [--gt /world/ground_truth]
         [--max-distance 2.0] [--warmup-s 5] [--visibility any|camera|all]
 
 Reads the bag (rosbags; no ROS needed), pairs every ground-truth message with the tracks message of
@@ -46,7 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see --help)."""
     p = argparse.ArgumentParser(prog='disac-score-tracks', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--bag', required=True, help='rosbag2 folder (mcap or sqlite3)')
+    p.add_argument('--bag', required=True, nargs='+',
+                   help='rosbag2 folder (mcap or sqlite3); several are read as one recording')
     p.add_argument('--tracks', default=TRACKS_TOPIC, help=f'tracks topic (default {TRACKS_TOPIC})')
     p.add_argument('--gt', default=GT_TOPIC, help=f'ground-truth topic (default {GT_TOPIC})')
     p.add_argument('--max-distance', type=float, default=2.0, help='match gate in metres (default 2)')
@@ -84,24 +85,29 @@ GtRecord = tuple[int, Any, int]        # (stamp_ns, message, log_ns)
 TracksRecord = tuple[int, int, Any]    # (stamp_ns, log_ns, message)
 
 
-def load_run(bag: str, tracks_topic: str, gt_topic: str) -> tuple[list[GtRecord], list[TracksRecord]]:
-    """(ground truth [(stamp_ns, msg, log_ns)], tracks [(stamp_ns, log_ns, msg)]) from a bag."""
+def load_run(bag: str | Sequence[str], tracks_topic: str, gt_topic: str) -> tuple[list[GtRecord], list[TracksRecord]]:
+    """(ground truth [(stamp_ns, msg, log_ns)], tracks [(stamp_ns, log_ns, msg)]) from one bag,
+    or from several recorded at the same time on one host (e.g. ground truth on the sensing side
+    of a network, tracks on the aggregator's: log times are the same wall clock)."""
     from disac_ros.core.bagfile import make_typestore, read_messages
+    bags = [bag] if isinstance(bag, (str, bytes)) or not isinstance(bag, Sequence) else list(bag)
     store = make_typestore()
     gt: list[GtRecord] = []
     tracks: list[TracksRecord] = []
-    for m in read_messages(bag, [tracks_topic, gt_topic]):
-        if m.msgtype != MSGTYPE:
-            raise ConfigError(m.topic, f'expected {MSGTYPE}, got {m.msgtype}')
-        msg = store.deserialize_cdr(m.data, m.msgtype)
-        if m.topic == gt_topic:
-            gt.append((_stamp_ns(msg), msg, m.timestamp_ns))
-        else:
-            tracks.append((_stamp_ns(msg), m.timestamp_ns, msg))
+    for one in bags:
+        for m in read_messages(one, [tracks_topic, gt_topic]):
+            if m.msgtype != MSGTYPE:
+                raise ConfigError(m.topic, f'expected {MSGTYPE}, got {m.msgtype}')
+            msg = store.deserialize_cdr(m.data, m.msgtype)
+            if m.topic == gt_topic:
+                gt.append((_stamp_ns(msg), msg, m.timestamp_ns))
+            else:
+                tracks.append((_stamp_ns(msg), m.timestamp_ns, msg))
+    where = ' or '.join(str(b) for b in bags)
     if not gt:
-        raise ConfigError('--gt', f'no {gt_topic} messages in {bag}')
+        raise ConfigError('--gt', f'no {gt_topic} messages in {where}')
     if not tracks:
-        raise ConfigError('--tracks', f'no {tracks_topic} messages in {bag}')
+        raise ConfigError('--tracks', f'no {tracks_topic} messages in {where}')
     gt.sort(key=lambda x: x[0])
     tracks.sort(key=lambda x: x[0])
     return gt, tracks
