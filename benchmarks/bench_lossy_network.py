@@ -2,7 +2,7 @@
 
 Namespace A holds the simulated world, the K devices and the emulated radio link (``disac_fleet``
 with those nodes) plus a recorder of the ground truth and /diagnostics; namespace B holds the
-aggregator and a recorder of its tracks. They are joined only by ``test/netns_lab.py``'s radio: a
+aggregator and a recorder of its tracks and /diagnostics. They are joined only by ``test/netns_lab.py``'s radio: a
 user-space relay between two TAP interfaces that drops frames at random (this kernel has no netem
 or nft) and ``tc tbf`` for a bandwidth cap. DDS crosses it over UDP (``config/fastdds_udp.xml`` in
 B, so nothing can take shared memory across; discovery over the subnet, not localhost).
@@ -230,7 +230,8 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
             start(lab.ns_b, 'fleet_b', [py, '-m', 'disac_ros.tools.fleet', '--config', str(fleet_b), *common,
                                         '-p', f'aggregator.key_file={key}'], env_b)
             start(lab.ns_b, 'recorder_b', [py, '-m', 'disac_ros.nodes.bag_recorder', '--ros-args', '-p',
-                                           f'output:={run_dir / "bag_b"}', '-p', 'topics:=[/aggregator/tracks]'], env_b)
+                                           f'output:={run_dir / "bag_b"}', '-p',
+                                           'topics:=[/aggregator/tracks, /diagnostics]'], env_b)
             if not remote.wait(lambda: remote.of('discovered'), args.start_timeout, alive):
                 raise RuntimeError(f'{cond["name"]}: B never discovered the link publishers across the radio')
             result['discovery_s'] = remote.of('discovered')[0]['discovery_s']
@@ -279,9 +280,11 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
                   'latency_p95_ms', 'pipeline_latency_p50_ms', 'pipeline_latency_p95_ms'):
             result[k] = score.get(k, math.nan)
     # Counters over the same window (diagnostics come once a second: +-1 s at each end).
-    series = _diag_series(run_dir / 'bag_a')
+    # Each side's counters from its own recorder: reports that cross the lossy radio arrive late.
+    series, series_b = _diag_series(run_dir / 'bag_a'), _diag_series(run_dir / 'bag_b')
     window = (w0 * 1e9, w1 * 1e9)
     result['packets_sent'] = counter_delta(series, '/link', r'dev\d+\.out', *window)
+    series = series_b
     result['packets_received'] = counter_delta(series, 'aggregator', r'dev\d+\.received', *window)
     result['packets_refused'] = counter_delta(series, 'aggregator', r'dev\d+\.rejected', *window)
     result['packets_lost'] = counter_delta(series, 'aggregator', r'dev\d+\.lost', *window)
