@@ -143,18 +143,12 @@ class ProbeReader:
 def _diag_series(bag: Path) -> list[tuple[int, str, dict[str, float]]]:
     """(log time ns, status name, numeric values) of every recorded diagnostics status."""
     from disac_ros.core.bagfile import make_typestore, read_messages
+    from ros_helpers import diagnostic_numbers
     store = make_typestore()
     out = []
     for m in read_messages(str(bag), ['/diagnostics']):
         msg = store.deserialize_cdr(m.data, m.msgtype)
-        for st in msg.status:
-            vals = {}
-            for kv in st.values:
-                try:
-                    vals[kv.key] = float(kv.value)
-                except ValueError:
-                    pass
-            out.append((m.timestamp_ns, st.name, vals))
+        out.extend((m.timestamp_ns, st.name, diagnostic_numbers(st)) for st in msg.status)
     return sorted(out, key=lambda x: x[0])
 
 
@@ -281,14 +275,13 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
             result[k] = score.get(k, math.nan)
     # Counters over the same window (diagnostics come once a second: +-1 s at each end).
     # Each side's counters from its own recorder: reports that cross the lossy radio arrive late.
-    series, series_b = _diag_series(run_dir / 'bag_a'), _diag_series(run_dir / 'bag_b')
+    sensing, aggregating = _diag_series(run_dir / 'bag_a'), _diag_series(run_dir / 'bag_b')
     window = (w0 * 1e9, w1 * 1e9)
-    result['packets_sent'] = counter_delta(series, '/link', r'dev\d+\.out', *window)
-    series = series_b
-    result['packets_received'] = counter_delta(series, 'aggregator', r'dev\d+\.received', *window)
-    result['packets_refused'] = counter_delta(series, 'aggregator', r'dev\d+\.rejected', *window)
-    result['packets_lost'] = counter_delta(series, 'aggregator', r'dev\d+\.lost', *window)
-    result['dds_lost'] = counter_delta(series, 'aggregator', r'dds_lost', *window)
+    result['packets_sent'] = counter_delta(sensing, '/link', r'dev\d+\.out', *window)
+    result['packets_received'] = counter_delta(aggregating, 'aggregator', r'dev\d+\.received', *window)
+    result['packets_refused'] = counter_delta(aggregating, 'aggregator', r'dev\d+\.rejected', *window)
+    result['packets_lost'] = counter_delta(aggregating, 'aggregator', r'dev\d+\.lost', *window)
+    result['dds_lost'] = counter_delta(aggregating, 'aggregator', r'dds_lost', *window)
     result['logs'] = str(run_dir)
     return result
 

@@ -37,16 +37,11 @@ sys.path.insert(0, str(REPO / 'test'))
 
 
 def _counters(obs, name: str) -> dict[str, float]:
+    from ros_helpers import diagnostic_numbers
     for _, msg in reversed(obs.messages('/diagnostics')):
         for st in msg.status:
             if st.name.endswith(f'/{name}: aggregator') or st.name.endswith(f'{name}: device'):
-                out = {}
-                for kv in st.values:
-                    try:
-                        out[kv.key] = float(kv.value)
-                    except ValueError:
-                        pass
-                return out
+                return diagnostic_numbers(st)
     return {}
 
 

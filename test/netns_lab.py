@@ -48,27 +48,24 @@ def _run(*cmd: str) -> str:
     return res.stdout
 
 
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f'/var/run/netns/{name}', os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f'setns({name})')
-    finally:
-        os.close(fd)
+def _setns(fd: int, what: str) -> None:
+    """Move this thread into the network namespace open at ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), f'setns({what})')
 
 
 def _open_tap(netns: str, ifname: str) -> int:
     """Create TAP ``ifname`` inside ``netns`` and return its fd (valid after leaving the namespace)."""
     own = os.open('/proc/self/ns/net', os.O_RDONLY)
+    target = os.open(f'/var/run/netns/{netns}', os.O_RDONLY)
     try:
-        _enter_netns(netns)
+        _setns(target, netns)
         fd = os.open('/dev/net/tun', os.O_RDWR)
         fcntl.ioctl(fd, TUNSETIFF, struct.pack('16sH22x', ifname.encode(), IFF_TAP | IFF_NO_PI))
     finally:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.setns(own, CLONE_NEWNET)
+        _setns(own, 'own namespace')
         os.close(own)
+        os.close(target)
     return fd
 
 

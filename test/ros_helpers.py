@@ -70,6 +70,17 @@ def fleet_subset_config(folder: Path, node_names: list[str]) -> Path:
     return path
 
 
+def diagnostic_numbers(status: Any) -> dict[str, float]:
+    """The numeric values of one DiagnosticStatus (rclpy or rosbags message) by key; text values skipped."""
+    out: dict[str, float] = {}
+    for kv in status.values:
+        try:
+            out[kv.key] = float(kv.value)
+        except ValueError:
+            pass
+    return out
+
+
 def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     """Environment for ROS child processes of one test."""
     env = dict(os.environ)
