@@ -125,6 +125,18 @@ def test_clock_jumping_back_restarts_the_tracker(context, model):
         node.destroy_node()
 
 
+def test_dds_message_lost_events_count_what_the_event_reports(context, model):
+    from types import SimpleNamespace
+    node = _aggregator(context, model)
+    try:
+        for change in (3, 0, 2):          # a FAKE event info as rclpy hands it over; 0 = nothing new
+            node._on_dds_lost('dev0', SimpleNamespace(total_count=0, total_count_change=change))
+        assert _counts(node)['dev0.dds_lost'] == 5.0 and _counts(node)['dds_lost'] == 5.0
+        assert 'dev1.dds_lost' not in _counts(node)
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize('field, value', [
     ('scale', 3e38),                 # finite, but the symbols overflow float32 (and poisoned the batch)
     ('scale', 1e30),                 # finite symbols far beyond any channel output

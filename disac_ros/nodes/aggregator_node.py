@@ -404,7 +404,10 @@ class AggregatorNode(ManagedNode):
         self.diag.count(f'{dev}.received')
 
     def _on_dds_lost(self, dev: str, info: Any) -> None:
-        n = int(getattr(info, 'total_count_change', 1)) or 1
+        # The event's count of samples lost since the last event; 0 means nothing new was lost.
+        n = int(getattr(info, 'total_count_change', 1))
+        if n <= 0:
+            return
         self.diag.count(f'{dev}.dds_lost', n)
         self.diag.count('dds_lost', n)
 
