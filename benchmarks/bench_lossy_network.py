@@ -1,11 +1,15 @@
 """The fleet across a real lossy network: sensing side and aggregator in two network namespaces.
 
-Namespace A holds the simulated world, the K devices and the emulated radio link (``disac_fleet``
-with those nodes) plus a recorder of the ground truth and /diagnostics; namespace B holds the
-aggregator and a recorder of its tracks and /diagnostics. They are joined only by ``test/netns_lab.py``'s radio: a
-user-space relay between two TAP interfaces that drops frames at random (this kernel has no netem
-or nft) and ``tc tbf`` for a bandwidth cap. DDS crosses it over UDP (``config/fastdds_udp.xml`` in
-B, so nothing can take shared memory across; discovery over the subnet, not localhost).
+Namespace A holds the simulated world and the K devices (``disac_fleet`` with those nodes, on
+localhost: SHM for images, nothing announced on the radio), the emulated radio link as the radio
+gateway (its own ``disac_fleet``, on the subnet) and a recorder of the ground truth and
+/diagnostics; namespace B holds the aggregator and a recorder of its tracks and /diagnostics.
+``--layout flat`` puts every process of A on the subnet instead. They are joined only by
+``test/netns_lab.py``'s radio: a user-space relay between two TAP interfaces that drops frames at
+random (this kernel has no netem or nft) and ``tc tbf`` for a bandwidth cap. DDS crosses it over
+UDP (``--radio-profile``, default ``config/fastdds_radio.xml``: UDP only, so nothing can take
+shared memory across, and no datagram above 1400 B; discovery over the subnet, not localhost).
+docs/radio.md has the measured table and what to set on a real radio.
 
 Per condition (``LOSS`` percent, optionally ``@RATE`` such as ``0@1mbit`` or ``0@128kbit``):
 
@@ -180,11 +184,19 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
     run_dir.mkdir(parents=True)
     key = write_fleet_key(run_dir / 'key')
     devices = [f'dev{i}' for i in range(args.num_devices)]
-    fleet_a = fleet_subset_config(run_dir, ['world', 'device_node', 'link'])
     fleet_b = fleet_subset_config(run_dir, ['aggregator'])
-    env_a = ros_env(domain, ROS_AUTOMATIC_DISCOVERY_RANGE='SUBNET')     # SHM inside A (images), UDP across
-    env_b = ros_env(domain, ROS_AUTOMATIC_DISCOVERY_RANGE='SUBNET',
-                    FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_udp.xml'))
+    radio_profile = str(REPO / 'config' / args.radio_profile)
+    env_b = ros_env(domain, ROS_AUTOMATIC_DISCOVERY_RANGE='SUBNET', FASTDDS_DEFAULT_PROFILES_FILE=radio_profile)
+    if args.layout == 'gateway':
+        # Only the link (the radio gateway) is on the radio; the sensing nodes stay on localhost
+        # (SHM for images), so their endpoints are never announced across the radio.
+        fleet_a = fleet_subset_config(run_dir, ['world', 'device_node'])
+        env_a = ros_env(domain)
+        fleet_gw = fleet_subset_config(run_dir, ['link'])
+        env_gw = ros_env(domain, ROS_AUTOMATIC_DISCOVERY_RANGE='SUBNET', FASTDDS_DEFAULT_PROFILES_FILE=radio_profile)
+    else:   # flat: every process of A on the subnet (SHM inside A, UDP across)
+        fleet_a = fleet_subset_config(run_dir, ['world', 'device_node', 'link'])
+        env_a = ros_env(domain, ROS_AUTOMATIC_DISCOVERY_RANGE='SUBNET')
     py = sys.executable
     common = ['--num-devices', str(args.num_devices), '--log-level', 'warn']
     if args.model:
@@ -212,6 +224,9 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
             start(lab.ns_a, 'fleet_a', [py, '-m', 'disac_ros.tools.fleet', '--config', str(fleet_a), *common,
                                         '-p', f'world.renderer={args.renderer}', '-p', f'world.rate_hz={args.rate_hz}',
                                         '-p', f'device_node.key_file={key}'], env_a)
+            if args.layout == 'gateway':
+                start(lab.ns_a, 'gateway_a', [py, '-m', 'disac_ros.tools.fleet', '--config', str(fleet_gw),
+                                              *common], env_gw)
             start(lab.ns_a, 'recorder_a', [py, '-m', 'disac_ros.nodes.bag_recorder', '--ros-args', '-p',
                                            f'output:={run_dir / "bag_a"}', '-p',
                                            'topics:=[/world/ground_truth, /diagnostics]'], env_a)
@@ -324,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--renderer', choices=('genesis', 'none'), default='genesis')
     p.add_argument('--model', default='', help='model folder (default: the shipped models/default)')
     p.add_argument('--seed', type=int, default=1, help='seed of the radio\'s drops')
+    p.add_argument('--layout', choices=('gateway', 'flat'), default='gateway',
+                   help='gateway: only the link process is on the radio, the sensing nodes on localhost; '
+                        'flat: every process of A on the subnet')
+    p.add_argument('--radio-profile', default='fastdds_radio.xml',
+                   help='FastDDS profile (in config/) of the processes on the radio')
     p.add_argument('--start-timeout', type=float, default=240.0)
     p.add_argument('--work-dir', default='', help='logs and bags (default: a new temporary folder)')
     p.add_argument('--json', default='', help='write the results here')
