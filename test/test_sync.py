@@ -24,9 +24,12 @@ def test_a_group_is_ready_when_every_active_device_arrived():
     assert [g.device_ids for g in s.pop_ready(0.02)] == [DEVS]
     s.add(pkt('dev0', 0.2, 0.21))
     s.add(pkt('dev2', 0.203, 0.22))       # within the window: same instant
+    assert not s.has_complete(0.22)
     assert s.pop_ready(0.22) == []        # dev1 is active and missing
     s.add(pkt('dev1', 0.198, 0.23))
+    assert s.has_complete(0.23)           # what wakes the aggregator's fusion at once
     (g,) = s.pop_ready(0.23)
+    assert not s.has_complete(0.23)
     assert g.stamp_s == 0.2 and g.device_ids == DEVS
 
 

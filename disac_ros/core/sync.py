@@ -134,6 +134,11 @@ class FeatureSynchronizer:
         return [d for d in self.device_ids
                 if d in self._last_heard and now - self._last_heard[d] <= self.active_timeout_s]
 
+    def has_complete(self, now: float) -> bool:
+        """Whether an open group holds a packet of every active device (``pop_ready`` would emit it)."""
+        active = set(self.active_devices(now))
+        return any(active <= set(g.packets) for g in self._open)
+
     def pop_ready(self, now: float) -> list[PacketGroup]:
         """Remove and return the ready groups, oldest first (see the module docstring)."""
         active = set(self.active_devices(now))

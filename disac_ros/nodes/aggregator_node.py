@@ -128,7 +128,8 @@ PARAMS = (
     Param('tracker_merge_radius_m', 0.0, 'override tracker merge_radius_m: a confirmed track this '
           'close to one with more hits is dropped, none is born this close (0 = keep; fewer '
           'duplicate tracks, fewer tracked objects)', minimum=0.0, read_only=False),
-    Param('process_period_s', 0.02, 'how often ready groups are fused (s)', minimum=0.001),
+    Param('process_period_s', 0.05, 'how often groups still waiting for a device are checked against '
+          'max_wait_s (s); a complete group is fused as soon as its last packet arrives', minimum=0.001),
 )
 
 
@@ -236,6 +237,9 @@ class AggregatorNode(ManagedNode):
             self.track(self.create_subscription(SemanticFeature, topic,
                                                 lambda m, d=dev: self._on_feature(d, m), qos,
                                                 event_callbacks=lost))
+        # A complete group wakes the fusion at once (guard condition); the timer covers groups that
+        # wait for a missing device and the diagnostics. (Polling at 50 Hz cost ~0.08 core idle.)
+        self._wake = self.track(self.create_guard_condition(self._process))
         self.track(self.create_timer(cfg['process_period_s'], self._process))
         self.get_logger().info(
             f'aggregating {self.device_ids} from {self.get_namespace().rstrip("/")}/<dev>/{cfg["input_topic"]} -> '
@@ -389,6 +393,8 @@ class AggregatorNode(ManagedNode):
         self.diag.set(f'{dev}.distance_m', float(msg.distance_m))
         if result != 'accepted':
             self.diag.count(result)
+        elif self.sync.has_complete(now):
+            self._wake.trigger()
 
     def _count_sequence(self, dev: str, seq: int) -> None:
         """Per device: packets received, and lost in transit (gaps in ``seq``, link or network).

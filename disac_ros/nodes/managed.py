@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rclpy.guard_condition import GuardCondition
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from disac_ros.core.errors import ConfigError
@@ -26,7 +27,7 @@ class ManagedNode(LifecycleNode):
         super().__init__(name, **node_kwargs)
         self.active = False
         self._configure_error: ConfigError | None = None
-        self._io: list[Any] = []         # subscriptions and timers made by configure_io
+        self._io: list[Any] = []         # subscriptions, timers, guard conditions of configure_io
 
     # ---- for subclasses ---------------------------------------------------------------------
 
@@ -38,7 +39,7 @@ class ManagedNode(LifecycleNode):
         """Release what ``configure_io`` made beyond the tracked entities (e.g. the model)."""
 
     def track(self, entity: Any) -> Any:
-        """Remember a subscription or timer so ``cleanup`` destroys it; returns it."""
+        """Remember a subscription, timer or guard condition so ``cleanup`` destroys it; returns it."""
         self._io.append(entity)
         return entity
 
@@ -86,7 +87,11 @@ class ManagedNode(LifecycleNode):
 
     def _destroy_io(self) -> None:
         for entity in self._io:
-            destroy: Callable[[Any], Any] = (self.destroy_timer if hasattr(entity, 'timer_period_ns')
-                                             else self.destroy_subscription)
+            if hasattr(entity, 'timer_period_ns'):
+                destroy: Callable[[Any], Any] = self.destroy_timer
+            elif isinstance(entity, GuardCondition):
+                destroy = self.destroy_guard_condition
+            else:
+                destroy = self.destroy_subscription
             destroy(entity)
         self._io.clear()
