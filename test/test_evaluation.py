@@ -148,3 +148,23 @@ def test_report_writes_strict_json_markdown_and_plots(tmp_path: Path) -> None:
     table = [line for line in reread.splitlines() if line.startswith('|')]
     assert table == [line for line in md.splitlines() if line.startswith('|')]   # same rows, order
     assert not any('None' in line for line in table) and reread.count('–') == md.count('–')
+
+
+def test_evaluation_quantises_symbols_as_the_device_codec_does() -> None:
+    import torch
+    from disac_ros.core import packet
+    from disac_ros.core.evaluation.evaluate import Condition, quantise_symbols
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((5, 256, 2)).astype(np.float32))
+    for bits in (2, 4, 8):
+        got = quantise_symbols(x, bits)
+        for i in range(len(x)):
+            want = packet.dequantize(packet.quantize(x[i].numpy(), bits))
+            np.testing.assert_allclose(got[i].numpy(), want, rtol=0, atol=1e-5)
+        assert len(packet.quantize(x[0].numpy(), bits).payload) == packet.payload_bytes(256, bits)
+    assert torch.count_nonzero(quantise_symbols(torch.zeros(1, 4, 2), 4)) == 0
+    with pytest.raises(ValueError):
+        quantise_symbols(x, 1)
+    # Unquantised conditions keep their seeds; a quantised one gets its own.
+    c = Condition('snr', 10.0, 'rayleigh', [0, 1], 30.0)
+    assert c.key() == Condition('snr', 10.0, 'rayleigh', [0, 1], 30.0, 0).key() != \
+        Condition('snr', 10.0, 'rayleigh', [0, 1], 30.0, 4).key()

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'by side, instead of one test split')
     p.add_argument('--snr', type=float, nargs='+', default=[0.0, 10.0],
                    help='with --scenes: the Rayleigh SNRs (dB) with every device present')
+    p.add_argument('--symbol-bits', type=int, nargs='+', default=[], metavar='BITS',
+                   help='with --scenes: also score each SNR with the symbols quantised on the air to '
+                        'BITS (2-8) per I/Q component, as device_node\'s bits parameter (payload '
+                        '= symbols x 2 x BITS / 8 bytes): the accuracy-vs-bytes curve')
     return p
 
 
@@ -109,7 +113,7 @@ def _test_data(args: argparse.Namespace, ckpt: Path) -> Path:
 
 def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     """--scenes: each set scored pooled over its scenes; JSON + a side-by-side table."""
-    from disac_ros.core.evaluation.scenes import evaluate_scenes, side_by_side
+    from disac_ros.core.evaluation.scenes import evaluate_scenes, plot_bytes_curve, side_by_side
     from disac_ros.core.family_dataset import load_scenes
     sets = {}
     for item in args.scenes:
@@ -123,7 +127,7 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     results = {}
     for name, scenes in sets.items():
         print(f'{PROG}: {name}: {len(scenes)} scenes', file=sys.stderr)
-        results[name] = evaluate_scenes(ckpt, scenes, snr_db=args.snr,
+        results[name] = evaluate_scenes(ckpt, scenes, snr_db=args.snr, symbol_bits=args.symbol_bits,
                                         max_frames=args.max_frames or 0,
                                         calibrated=not args.uncalibrated, recipe=recipe,
                                         log=lambda m: print(f'  {m}', file=sys.stderr))
@@ -134,6 +138,8 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     (out / 'scenes.md').write_text(f'# {ckpt} on {", ".join(results)}\n\n'
                                    f'## Generalisation (sets side by side; pooled over each '
                                    f'set\'s scenes)\n\n' + table)
+    if plot_bytes_curve(results, out / 'bytes_curve.png'):
+        print(f'{PROG}: accuracy vs bytes plotted in {out / "bytes_curve.png"}', file=sys.stderr)
     print(table)
     return 0
 
@@ -156,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             recipe = replace(recipe, threads=args.threads)
         if args.max_frames is not None:
             recipe = replace(recipe, eval=replace(recipe.eval, max_frames=args.max_frames))
+        bad_bits = [b for b in args.symbol_bits if not 2 <= b <= 8]
+        if bad_bits:
+            raise ConfigError('--symbol-bits', f'each must be in 2..8, got {bad_bits}')
+        if args.symbol_bits and not args.scenes:
+            raise ConfigError('--symbol-bits', 'needs --scenes')
         if args.scenes:
             return _scenes(args, ckpt, recipe)
         methods = args.methods or list(METHODS)

@@ -78,10 +78,27 @@ class Condition:
     fading: str
     devices: list[int]            # indices into the evaluated device list
     distance_m: float
+    # Bits per I/Q component on the air (the device's symmetric quantiser, as device_node's
+    # ``bits``); 0: unquantised symbols, bytes counted at the recipe's eval.symbol_bits.
+    symbol_bits: int = 0
 
     def key(self) -> int:
         text = f'{self.sweep}|{self.snr_db}|{self.fading}|{self.devices}|{self.distance_m}'
+        if self.symbol_bits:        # unquantised conditions keep the seeds they always had
+            text += f'|{self.symbol_bits}'
         return zlib.crc32(text.encode())
+
+
+def quantise_symbols(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round trip of each packet (leading dims; the last two are (L, 2)) through the device's
+    symmetric ``bits``-bit quantiser (:func:`disac_ros.core.packet.quantize`: one scale per
+    packet, max |value| / (2^(bits-1) - 1), levels clipped to +-(2^(bits-1) - 1))."""
+    if not 2 <= int(bits) <= 8:
+        raise ValueError(f'bits: expected 2..8, got {bits!r}')
+    half = 2 ** (int(bits) - 1) - 1
+    amax = x.abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(amax > 0, amax / half, torch.ones_like(amax))
+    return torch.clamp(torch.round(x / scale), -half, half) * scale
 
 
 @dataclass
@@ -285,6 +302,8 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
         di = torch.as_tensor(devs)
         b, k = len(rows), len(devs)
         x = var.symbols[ri][:, di].reshape(b * k, *var.symbols.shape[2:])
+        if cond.symbol_bits and method != 'digital_jpeg':
+            x = quantise_symbols(x, cond.symbol_bits)
         f = var.feature[ri][:, di]
         dist = torch.full((b * k,), cond.distance_m)
         snr = None if cond.snr_db is None else torch.full((b * k,), float(cond.snr_db))
@@ -305,7 +324,7 @@ def run_condition(ctx: EvalContext, method: str, cond: Condition,
             fhat = decode(decoder, out.y, out.snr_db, out.distance_m, 128,
                           device_slots(decoder, [ctx.device_ids[d] for d in devs], b)
                           ).view(b, k, -1)
-            nb = packet.payload_bytes(rec.encoder.num_symbols, rec.eval.symbol_bits)
+            nb = packet.payload_bytes(rec.encoder.num_symbols, cond.symbol_bits or rec.eval.symbol_bits)
             sent_bytes += [float(nb)] * (b * k)
             delivered_n += b * k
             packets_n += b * k

@@ -38,14 +38,15 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                     snr_db: Sequence[float] = (0.0, 10.0), fading: str = 'rayleigh',
                     max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
                     calibrated: bool = True, log: Callable[[str], None] = print,
-                    recipe: Any = None) -> dict[str, Any]:
+                    recipe: Any = None, symbol_bits: Sequence[int] = ()) -> dict[str, Any]:
     """
     Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
     :func:`disac_ros.core.family_dataset.load_scenes`).
 
     :return: ``{'pooled': {method: {condition: row}}, 'scenes': [{name, topology, devices,
         method: {condition: row}}], 'k_sweep': {method: {k: row}}, 'frames', 'wall_s'}``;
-        condition names are ``'all@<snr>dB'`` and ``'k=<k>@<ref>dB'``.
+        condition names are ``'all@<snr>dB'``, ``'k=<k>@<ref>dB'`` and, for each of
+        ``symbol_bits``, ``'all@<snr>dB/<b>bit'`` (symbols quantised on the air to b bits).
     """
     from dataclasses import replace
     t0 = time.perf_counter()
@@ -65,6 +66,9 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
         for s in snr_db:
             conds[f'all@{s:g}dB'] = [Condition('snr', float(s), fading, list(range(k)),
                                                recipe.eval.nominal_distance_m)]
+            for bits in symbol_bits:
+                conds[f'all@{s:g}dB/{bits}bit'] = [Condition('snr', float(s), fading, list(range(k)),
+                                                             recipe.eval.nominal_distance_m, int(bits))]
         from disac_ros.core.training.generalist import subsets
         for size in range(1, k + 1):
             conds[f'k={size}@{ref:g}dB'] = [
@@ -95,6 +99,11 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
             f'{methods[0]} accuracy {acc:.3f} at {ref:g} dB ({time.perf_counter() - t0:.0f} s)')
     out_pooled = {m: {c: _pooled_row(st) for c, st in conds_.items() if st.num_gt}
                   for m, conds_ in pooled.items()}
+    from disac_ros.core.packet import payload_bytes
+    for rows_ in out_pooled.values():
+        for c, r in rows_.items():      # payload per device-frame: 'all@10dB/4bit' -> 4 bits
+            bits = int(c.split('/')[1][:-3]) if '/' in c else recipe.eval.symbol_bits
+            r['bytes_per_device_frame'] = float(payload_bytes(recipe.encoder.num_symbols, bits))
     k_sweep = {m: {int(c.split('@')[0][2:]): r for c, r in rows.items() if c.startswith('k=')}
                for m, rows in out_pooled.items()}
     k_steps = {m: _k_steps(per_scene, m, ref) for m in methods}
@@ -153,10 +162,17 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
         rows.append((f'{label}, all devices, {reference_snr_db:g} dB',
                      [_f(get(n, ref).get(key), 2 if 'rmse' in key else 3) for n in names]))
     conds = sorted({c for n in names for c in results[n]['pooled'].get(method, {})
-                    if c.startswith('all@') and c != ref}, key=lambda c: float(c[4:-2]))
+                    if c.startswith('all@') and c != ref and '/' not in c}, key=lambda c: float(c[4:-2]))
     for c in conds:
         rows.append((f'accuracy, all devices, {c[4:]}', [_f(get(n, c).get('accuracy'))
                                                           for n in names]))
+    quantised = sorted({c for n in names for c in results[n]['pooled'].get(method, {})
+                        if c.startswith(ref + '/')}, key=lambda c: int(c.split('/')[1][:-3]))
+    for c in quantised:
+        nbytes = next((get(n, c).get('bytes_per_device_frame') for n in names if get(n, c)), None)
+        size = f', {nbytes:.0f} B' if nbytes else ''
+        rows.append((f'accuracy, all devices, {c[4:]} on the air{size}',
+                     [_f(get(n, c).get('accuracy')) for n in names]))
     for cls in ('car', 'truck', 'pedestrian', 'cyclist'):
         rows.append((f'{cls} accuracy ({reference_snr_db:g} dB)',
                      [_f(get(n, ref).get('per_class_accuracy', {}).get(cls)) for n in names]))
@@ -168,3 +184,32 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
         rows.append((f'gain K = {k} -> {k + 1} (mean over the same scenes)', [
             _f(steps[n].get(k, {}).get('mean_gain')) for n in names]))
     return '\n'.join(head + [f'| {label} | ' + ' | '.join(v) + ' |' for label, v in rows]) + '\n'
+
+
+def plot_bytes_curve(results: dict[str, dict[str, Any]], path: str | Path, method: str = 'disac') -> bool:
+    """PNG of accuracy against payload bytes per device-frame (the ``.../<b>bit`` conditions), one
+    line per set and SNR; False when there is nothing to plot."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, res in results.items():
+        for cond, row in res['pooled'].get(method, {}).items():
+            if '/' in cond and 'bytes_per_device_frame' in row:
+                curves.setdefault(f'{name}, {cond.split("/")[0][4:]}', []).append(
+                    (row['bytes_per_device_frame'], row['accuracy']))
+    if not curves:
+        return False
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in sorted(curves.items()):
+        pts.sort()
+        ax.plot([b for b, _ in pts], [a for _, a in pts], marker='o', label=label)
+    ax.set_xlabel('payload per device-frame (bytes)')
+    ax.set_ylabel('accuracy')
+    ax.set_title('accuracy vs bytes on the air (symbols quantised on the device)')
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
