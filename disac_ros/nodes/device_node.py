@@ -55,7 +55,8 @@ PARAMS = (
     Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0, read_only=False),
     Param('sensor_qos', 'sensor_data', 'QoS of the camera and RF subscriptions', choices=('sensor_data', 'reliable')),
     Param('lifespan_s', 1.0, 'lifespan of published features (s); 0 = infinite', minimum=0.0),
-    Param('bits', 8, 'quantisation bits per I/Q component', minimum=2, maximum=8, read_only=False),
+    Param('bits', 4, 'quantisation bits per I/Q component on the air (4: 256 B per feature, as accurate '
+          'as 8 bits: see docs/models.md)', minimum=2, maximum=8, read_only=False),
     Param('world_frame', 'world', 'frame of the device pose'),
     Param('base_frame', '', 'tf child frame of the device; empty = <device_id>/base_link'),
     Param('static_pose', '', "'x y z yaw' fixed device pose (roadside unit without tf); empty = from /tf"),
