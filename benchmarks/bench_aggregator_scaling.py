@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--repeats', type=int, default=30)
+    p.add_argument('--max-cells', type=int, nargs='+', default=[0],
+                   help="TRAM's max_cells_per_device settings to compare (0 = every cell), side by side")
     p.add_argument('--json', default='')
     args = p.parse_args(argv)
     if any(k < 1 for k in args.ks):
@@ -82,28 +84,32 @@ def main(argv: list[str] | None = None) -> int:
         pipe.tram(feats[k], torch.ones(1, k, dtype=torch.bool), pose, link, torch.zeros(1, k, dtype=torch.long))
 
     parts = {'group': lambda k: pipe.run([groups[k]]), 'decoder': decode, 'tram': tram}
-    times: dict[str, dict[int, list[float]]] = {name: {k: [] for k in args.ks} for name in parts}
+    times = {(m, name): {k: [] for k in args.ks} for m in args.max_cells for name in parts}
     with torch.no_grad():
         for r in range(args.warmup + args.repeats):
-            for k in args.ks:                       # interleaved: noise hits every K alike
-                for name, fn in parts.items():
-                    t0 = time.perf_counter()
-                    fn(k)
-                    if r >= args.warmup:
-                        times[name][k].append((time.perf_counter() - t0) * 1e3)
-    med = {name: {k: statistics.median(v) for k, v in per_k.items()} for name, per_k in times.items()}
+            for m in args.max_cells:
+                pipe.tram.max_cells_per_device = m
+                for k in args.ks:                   # interleaved: noise hits every K alike
+                    for name, fn in parts.items():
+                        t0 = time.perf_counter()
+                        fn(k)
+                        if r >= args.warmup:
+                            times[(m, name)][k].append((time.perf_counter() - t0) * 1e3)
+    med = {key: {k: statistics.median(v) for k, v in per_k.items()} for key, per_k in times.items()}
     ref = 4 if 4 in args.ks else args.ks[0]
     print(f'{pipe.info.root}: threads {args.threads}, median of {args.repeats} calls (ms)')
-    print(f'{"K":>3} {"group":>8} {"per dev":>8} {"vs K=" + str(ref):>8} {"decoder":>8} {"tram":>8}')
-    for k in args.ks:
-        g = med['group'][k]
-        print(f'{k:3d} {g:8.2f} {g / k:8.2f} {g / med["group"][ref]:8.2f} {med["decoder"][k]:8.2f} '
-              f'{med["tram"][k]:8.2f}')
+    for m in args.max_cells:
+        print(f'\nmax_cells_per_device {m or "all"}')
+        print(f'{"K":>3} {"group":>8} {"per dev":>8} {"vs K=" + str(ref):>8} {"decoder":>8} {"tram":>8}')
+        for k in args.ks:
+            g = med[(m, 'group')][k]
+            print(f'{k:3d} {g:8.2f} {g / k:8.2f} {g / med[(m, "group")][ref]:8.2f} '
+                  f'{med[(m, "decoder")][k]:8.2f} {med[(m, "tram")][k]:8.2f}')
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({'args': vars(args), 'model': str(pipe.info.root),
-                                               'median_ms': {n: {str(k): v for k, v in d.items()}
-                                                             for n, d in med.items()}}, indent=2))
+                                               'median_ms': {f'{name}@max_cells={m}': {str(k): v for k, v in d.items()}
+                                                             for (m, name), d in med.items()}}, indent=2))
     return 0
 
 

@@ -286,6 +286,26 @@ def test_relative_geometry_absent_devices_cannot_affect_the_present_ones():
     assert torch.allclose(a[:, [0, 2]], b[:, [0, 2]], atol=1e-5)
 
 
+def test_cell_pruning_keeps_the_likeliest_cells_and_is_exact_when_it_keeps_all():
+    model = _relative_model()
+    g = torch.Generator().manual_seed(2)
+    feats, pose = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 3, generator=g) * 10
+    link = torch.tensor([10.0, 100.0]).expand(2, 4, 2)
+    present = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    with torch.no_grad():
+        full = model(feats, present, pose, link).prediction
+        model.max_cells_per_device = 32                  # every cell of the 4 x 8 grid: the same
+        assert torch.equal(model(feats, present, pose, link).prediction.logits, full.logits)
+        model.max_cells_per_device = 5
+        pruned = model(feats, present, pose, link).prediction
+    assert pruned.logits.shape == full.logits.shape
+    # Exactly 5 cells of each present device may report an object; the rest say "no object".
+    reporting = (pruned.logits.argmax(-1) != 0) | (pruned.logits[..., 0] < 1e3)
+    per_device = reporting.view(2, 4, 32).sum(-1)
+    assert (per_device[present] == 5).all() and (per_device[~present] == 0).all()
+    assert torch.isfinite(pruned.position[present.repeat_interleave(32, dim=1)]).all()
+
+
 def test_geometry_must_be_known():
     with pytest.raises(Exception, match='geometry'):
         TRAMConfig(geometry='polar')

@@ -285,7 +285,7 @@ class AggregatorPipeline:
                  fusion: FusionConfig | None = None, llm_source: str = '',
                  slot_of: dict[str, str] | None = None,
                  class_weights: Sequence[float] | None = None,
-                 class_thresholds: Sequence[float] | None = None) -> None:
+                 class_thresholds: Sequence[float] | None = None, max_cells_per_device: int = 0) -> None:
         """
         Load the decoder and TRAM.
 
@@ -302,6 +302,8 @@ class AggregatorPipeline:
             () = none; given values apply to every group.
         :param class_thresholds: per real class detection thresholds replacing
             ``score_threshold``; None = the fitted calibration's, if any, () = none.
+        :param max_cells_per_device: TRAM fuses only this many cells of each device, the likeliest
+            to hold an object (0 = all; see ``TRAM.max_cells_per_device``).
         """
         from disac_ros.core.training.decoder import decoder_dir, load_decoder
         from disac_ros.core.training.calibration import load_calibration
@@ -322,6 +324,10 @@ class AggregatorPipeline:
                              recipe).eval()
         afolder = stage2_dir(self.info.root, modalities, aggregator) / 'checkpoint'
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
+        if max_cells_per_device < 0:
+            raise ConfigError('max_cells_per_device', f'must be >= 0, got {max_cells_per_device}')
+        if hasattr(self.tram, 'max_cells_per_device'):
+            self.tram.max_cells_per_device = int(max_cells_per_device)
         self.channel_config = self.info.channel
         self._fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
         self.retune(score_threshold, fusion or FusionConfig(), class_weights, class_thresholds)

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --scenes: also score each SNR with the symbols quantised on the air to '
                         'BITS (2-8) per I/Q component, as device_node\'s bits parameter (payload '
                         '= symbols x 2 x BITS / 8 bytes): the accuracy-vs-bytes curve')
+    p.add_argument('--max-cells-per-device', type=int, default=0, metavar='M',
+                   help='with --scenes: TRAM fuses only the M likeliest cells of each device (the '
+                        'aggregator node\'s max_cells_per_device; 0 = every cell)')
     return p
 
 
@@ -128,6 +131,7 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     for name, scenes in sets.items():
         print(f'{PROG}: {name}: {len(scenes)} scenes', file=sys.stderr)
         results[name] = evaluate_scenes(ckpt, scenes, snr_db=args.snr, symbol_bits=args.symbol_bits,
+                                        max_cells_per_device=args.max_cells_per_device,
                                         max_frames=args.max_frames or 0,
                                         calibrated=not args.uncalibrated, recipe=recipe,
                                         log=lambda m: print(f'  {m}', file=sys.stderr))
@@ -165,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad_bits = [b for b in args.symbol_bits if not 2 <= b <= 8]
         if bad_bits:
             raise ConfigError('--symbol-bits', f'each must be in 2..8, got {bad_bits}')
+        if args.max_cells_per_device < 0:
+            raise ConfigError('--max-cells-per-device', f'must be >= 0, got {args.max_cells_per_device}')
         if args.symbol_bits and not args.scenes:
             raise ConfigError('--symbol-bits', 'needs --scenes')
         if args.scenes:

@@ -38,7 +38,8 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                     snr_db: Sequence[float] = (0.0, 10.0), fading: str = 'rayleigh',
                     max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
                     calibrated: bool = True, log: Callable[[str], None] = print,
-                    recipe: Any = None, symbol_bits: Sequence[int] = ()) -> dict[str, Any]:
+                    recipe: Any = None, symbol_bits: Sequence[int] = (),
+                    max_cells_per_device: int = 0) -> dict[str, Any]:
     """
     Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
     :func:`disac_ros.core.family_dataset.load_scenes`).
@@ -60,6 +61,9 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
     frames = 0
     for sc in scenes:
         ctx = prepare(checkpoint, sc.dataset, recipe, log=lambda _m: None, digital=False)
+        for model in ctx.aggregators.values():       # TRAM's inference-time cell pruning
+            if hasattr(model, 'max_cells_per_device'):
+                model.max_cells_per_device = int(max_cells_per_device)
         k = len(ctx.device_ids)
         frames += len(ctx.frames)
         conds: dict[str, list[Condition]] = {}

@@ -120,6 +120,11 @@ class TRAM(nn.Module):
             self.score = nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.GELU(),
                                        nn.Linear(c.dim, 1))
         self.head = build_head(c.head)
+        # Inference option (not part of the trained config): keep only this many cells per
+        # device, the likeliest to hold an object by the grid head on the tokens before the
+        # cross-device encoder; the others report "no object". 0 = every cell (exact). It makes
+        # the encoder's cost grow with K * max_cells instead of K * cells.
+        self.max_cells_per_device = 0
 
     def _validate(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
                   link: torch.Tensor, device_index: torch.Tensor) -> None:
@@ -213,6 +218,9 @@ class TRAM(nn.Module):
         """Per-device decoding in the device frame + exact pose transform (see module doc)."""
         b, k, t, d = tokens.shape
         absent = ~present
+        m = self.max_cells_per_device
+        if 0 < m < t and self.grid is not None and self.relative and world is not None:
+            return self._pruned_grid_forward(tokens, present, pose, link_e, world, m)
         flat = tokens.reshape(b, k * t, d)
         pad = absent.repeat_interleave(t, dim=1)
         if self.relative and self.encoder is not None:
@@ -226,6 +234,38 @@ class TRAM(nn.Module):
         if self.grid is not None:
             return self._grid_output(per_dev, present, pose, w)
         pred = self.head(per_dev.reshape(b * k, t, d), context=summary.reshape(b * k, d))
+        return self._place(pred, present, pose, w)
+
+    def _pruned_grid_forward(self, tokens: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
+                             link_e: torch.Tensor, world: torch.Tensor, m: int) -> TRAMOutput:
+        """``_device_frame_forward`` on the ``m`` likeliest cells of each device (see
+        ``max_cells_per_device``); the cells left out predict "no object"."""
+        b, k, t, d = tokens.shape
+        absent = ~present
+        head = self.head
+        pre = head.net(tokens)[..., :head.config.num_classes]                 # (B, K, T, C)
+        objectness = 1.0 - pre.softmax(-1)[..., 0]
+        keep = objectness.topk(m, dim=-1).indices                               # (B, K, M)
+        kept = tokens.gather(2, keep[..., None].expand(b, k, m, d))
+        kept_world = world.gather(2, keep[..., None].expand(b, k, m, 2))
+        flat = kept.reshape(b, k * m, d)
+        pad = absent.repeat_interleave(m, dim=1)
+        if self.encoder is not None:
+            flat = self.encoder(flat, kept_world.reshape(b, k * m, 2), pad)
+        per_dev = flat.view(b, k, m, d)
+        w = self._weights(per_dev.mean(dim=2), link_e, absent)
+        # The grid head on the kept cells, scattered back into the full grid.
+        c = head.config
+        out = head.net(per_dev)
+        logits = torch.full((b, k, t, c.num_classes), -1e4, dtype=out.dtype)
+        logits[..., 0] = 1e4
+        logits.scatter_(2, keep[..., None].expand(b, k, m, c.num_classes), out[..., :c.num_classes])
+        box = torch.zeros(b, k, t, 4, dtype=out.dtype)
+        box.scatter_(2, keep[..., None].expand(b, k, m, 4), torch.tanh(out[..., c.num_classes:]) * 2.0)
+        position = head.centres.to(box.dtype) + box[..., :2] * head.grid.offset_scale_m
+        velocity = box[..., 2:] * c.velocity_scale_mps
+        pred = SetPrediction(logits=logits.reshape(b * k, t, c.num_classes),
+                             position=position.reshape(b * k, t, 2), velocity=velocity.reshape(b * k, t, 2))
         return self._place(pred, present, pose, w)
 
     @staticmethod
