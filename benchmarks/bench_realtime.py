@@ -170,19 +170,16 @@ class CpuMeter:
 # ---- the graph and the harness node -------------------------------------------------------
 
 class Harness:
-    """Data loader + monitor: one rclpy node in its own context, spun by a thread."""
+    """Data loader + monitor: one rclpy node (a ``ros_helpers.Observer``: own context, spun by a thread)."""
 
     def __init__(self, domain: int, frames: list[Frame], tf_static: list[bytes], devices: list[str]) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from disac_interfaces.msg import RfFrame, TrackedObjectArray
+        from ros_helpers import Observer
         from sensor_msgs.msg import CameraInfo, Image
         from tf2_msgs.msg import TFMessage
         from disac_ros.nodes.qos import latched_qos, reliable_qos, sensor_qos
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node('realtime_harness', context=self.context)
+        self.observer = Observer(domain, name='realtime_harness')
+        self.node = self.observer.node
         self.frames, self.devices = frames, devices
         types = {'camera/image_raw': Image, 'camera/camera_info': CameraInfo, 'rf/frame': RfFrame}
         topics = sorted({t for f in frames for t in f.sensors})
@@ -193,22 +190,9 @@ class Harness:
         for data in tf_static:
             self._static_pub.publish(data)
         self.lock = threading.Lock()
-        self.outputs: list[tuple[float, int]] = []
+        self.outputs: list[tuple[float, int]] = []     # (wall receive time, stamp ns): one clock with the stamps
         self.node.create_subscription(TrackedObjectArray, '/aggregator/tracks', self._on_tracks, reliable_qos(100))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
         self._next = 0
-
-    def _spin(self) -> None:
-        while self._running and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - shutting down
-                if self._running:
-                    raise
 
     def _on_tracks(self, msg: Any) -> None:
         t = time.time()
@@ -253,11 +237,7 @@ class Harness:
             return [o for o in self.outputs if o[0] >= t]
 
     def close(self) -> None:
-        self._running = False
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
-        import rclpy
-        rclpy.try_shutdown(context=self.context)
+        self.observer.close()
 
 
 def load_bag(bag: Path, num_devices: int) -> tuple[list[Frame], list[bytes], list[str]]:

@@ -112,15 +112,20 @@ class GridHead(nn.Module):
         if tokens.shape[-2] != g or tokens.shape[-1] != c.dim:
             raise ValueError(f'GridHead: expected (..., {g}, {c.dim}) cell tokens, '
                              f'got {tuple(tokens.shape)}')
-        out = self.net(tokens)
-        logits = out[..., :c.num_classes]
-        box = torch.tanh(out[..., c.num_classes:]) * 2.0
-        position = self.centres.to(box.dtype) + box[..., :2] * self.grid.offset_scale_m
-        velocity = box[..., 2:] * c.velocity_scale_mps
+        logits, position, velocity = self.decode(self.net(tokens), self.centres)
         lead = tokens.shape[0]
         return SetPrediction(logits=logits.reshape(lead, -1, c.num_classes),
                              position=position.reshape(lead, -1, 2),
                              velocity=velocity.reshape(lead, -1, 2))
+
+
+    def decode(self, out: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``net`` outputs (..., C + 4) of cells with these centres (..., 2) -> class logits,
+        position (centre + a tanh-bounded offset) and velocity."""
+        c = self.config
+        box = torch.tanh(out[..., c.num_classes:]) * 2.0
+        position = centres.to(box.dtype) + box[..., :2] * self.grid.offset_scale_m
+        return out[..., :c.num_classes], position, box[..., 2:] * c.velocity_scale_mps
 
 
 def build_head(config: HeadConfig) -> nn.Module:

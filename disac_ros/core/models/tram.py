@@ -256,14 +256,14 @@ class TRAM(nn.Module):
         w = self._weights(per_dev.mean(dim=2), link_e, absent)
         # The grid head on the kept cells, scattered back into the full grid.
         c = head.config
-        out = head.net(per_dev)
-        logits = torch.full((b, k, t, c.num_classes), -1e4, dtype=out.dtype)
+        centres = head.centres.expand(b, k, t, 2)
+        kept_logits, kept_pos, kept_vel = head.decode(head.net(per_dev),
+                                                      centres.gather(2, keep[..., None].expand(b, k, m, 2)))
+        logits = torch.full((b, k, t, c.num_classes), -1e4, dtype=kept_logits.dtype)
         logits[..., 0] = 1e4
-        logits.scatter_(2, keep[..., None].expand(b, k, m, c.num_classes), out[..., :c.num_classes])
-        box = torch.zeros(b, k, t, 4, dtype=out.dtype)
-        box.scatter_(2, keep[..., None].expand(b, k, m, 4), torch.tanh(out[..., c.num_classes:]) * 2.0)
-        position = head.centres.to(box.dtype) + box[..., :2] * head.grid.offset_scale_m
-        velocity = box[..., 2:] * c.velocity_scale_mps
+        logits.scatter_(2, keep[..., None].expand(b, k, m, c.num_classes), kept_logits)
+        position = centres.to(kept_pos.dtype).clone().scatter_(2, keep[..., None].expand(b, k, m, 2), kept_pos)
+        velocity = torch.zeros_like(position).scatter_(2, keep[..., None].expand(b, k, m, 2), kept_vel)
         pred = SetPrediction(logits=logits.reshape(b * k, t, c.num_classes),
                              position=position.reshape(b * k, t, 2), velocity=velocity.reshape(b * k, t, 2))
         return self._place(pred, present, pose, w)
