@@ -9,7 +9,8 @@ from disac_ros.core.errors import ConfigError
 from disac_ros.core.geometry import nms_keep
 from disac_ros.core.models.config import HeadConfig, LossConfig, RVFNConfig, TRAMConfig
 from disac_ros.core.models.heads import GridHead
-from disac_ros.core.models.losses import GridCriterion, SetTargets, grid_assignment
+from disac_ros.core.models.losses import (GridCriterion, SetTargets, camera_class_loss,
+                                          camera_class_targets, grid_assignment)
 from disac_ros.core.models.polar_grid import PolarGrid
 from disac_ros.core.models.rvfn import LocalDetector
 from disac_ros.core.models.tram import TRAM
@@ -42,6 +43,60 @@ def test_camera_lift_covers_only_the_camera_field_of_view():
     a_left = max(a for a in range(8) if inside[a])
     cols = torch.nonzero(lift[a_left]).flatten()
     assert cols.max().item() < 8
+
+
+def test_span_lift_reads_every_column_of_a_cell_sample_lift_only_its_centre():
+    g = PolarGrid(8, 16, 64.0)
+    span, sample = g.camera_lift(60.0, 16, 'span'), g.camera_lift(60.0, 16, 'sample')
+    for a in range(8):
+        assert span[a].sum().item() == pytest.approx(sample[a].sum().item(), abs=1e-6)
+    # each cell in view spans 60 / 4 = ~15 degrees = about 4 of 16 columns; the centre sample
+    # reads two, so an object seen at the cell's edge never reaches it
+    assert all(int((span[a] > 0).sum()) >= 4 for a in (2, 3, 4, 5))
+    assert all(int((sample[a] > 0).sum()) <= 2 for a in range(8))
+    # every column of the image feeds some cell, each about equally
+    assert torch.all(span.sum(0) > 0.15)
+    with pytest.raises(ValueError, match='mode'):
+        g.camera_lift(60.0, 16, 'nearest')
+
+
+def test_camera_class_targets_mark_what_the_camera_sees_in_each_angle_cell():
+    g = PolarGrid(8, 16, 64.0)
+    # a truck straight ahead, a pedestrian to the left, a car the camera does not see
+    t = SetTargets.from_lists([[2, 3, 1]], [[(20.0, 0.5), (20.0, 8.0), (15.0, -1.0)]],
+                              [[(0, 0)] * 3])
+    with pytest.raises(ValueError, match='camera flags'):
+        camera_class_targets(g, t)
+    t.camera = torch.tensor([[True, True, False]])
+    tgt = camera_class_targets(g, t)
+    assert tgt.shape == (1, 8, 4)
+    ahead, left = int(g.cell_of(np.array([[20.0, 0.5]]))[0]) // 16, \
+        int(g.cell_of(np.array([[20.0, 8.0]]))[0]) // 16
+    assert tgt[0, ahead].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert tgt[0, left].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert tgt.sum().item() == 2.0                      # the unseen car marks nothing
+    # the loss covers only the cells in view, and is small when the logits agree
+    in_view = g.camera_lift(60.0, 16, 'span').sum(-1) > 0
+    good = (tgt * 20.0 - 10.0).requires_grad_()
+    assert camera_class_loss(good, t, g, in_view).item() < 1e-3
+    assert camera_class_loss(-good.detach(), t, g, in_view).item() > 1.0
+
+
+def test_camera_class_head_is_off_for_old_configs_and_its_logits_follow_the_angle_cells():
+    assert RVFNConfig().camera_class_head is False and RVFNConfig().camera_lift == 'sample'
+    with pytest.raises(ConfigError, match='camera_lift'):
+        RVFNConfig(layout='polar', polar_grid=GRID, cell_dim=4, feature_dim=128,
+                   camera_lift='centre')
+    rc = RVFNConfig(vis_channels=(8, 16), rf_channels=(8,), dim=32, num_heads=2,
+                    num_cross_layers=1, layout='polar', polar_grid=GRID, cell_dim=4,
+                    feature_dim=128, camera_lift='span', camera_class_head=True)
+    det = LocalDetector(rc, _head())
+    fused, _ = det(torch.rand(2, 3, 32, 32), torch.rand(2, 2, 16, 32))
+    assert fused.camera_logits is not None and fused.camera_logits.shape == (2, GRID[0], 4)
+    plain = LocalDetector(RVFNConfig(vis_channels=(8, 16), rf_channels=(8,), dim=32,
+                                     num_heads=2, num_cross_layers=1, layout='polar',
+                                     polar_grid=GRID, cell_dim=4, feature_dim=128), _head())
+    assert plain.rvfn(torch.rand(1, 3, 32, 32), torch.rand(1, 2, 16, 32)).camera_logits is None
 
 
 def test_grid_assignment_device_frame_and_world_frame():

@@ -141,6 +141,15 @@ class RVFNConfig(_Config):
     max_range_m: float = 64.0                            # range covered by the polar grid
     cell_dim: int = 8                                    # feature values per polar cell
     camera_hfov_deg: float = 60.0                        # camera field of view for the lift
+    # How an angle cell reads the camera's columns: 'span' averages every column whose azimuth
+    # falls inside the cell; 'sample' (old checkpoints) interpolates the one column at the
+    # cell's centre azimuth, which misses an object seen only off-centre in its cell.
+    camera_lift: str = 'sample'
+    # A per-angle-cell class head on the lifted camera features (polar layout): which object
+    # classes the camera sees in each angle cell. Only stage 1's camera auxiliary loss
+    # (stage1.camera_aux_weight) reads it, so that the camera branch must learn what the RF
+    # cannot tell (a truck from a car); nothing at run time uses it. False = old checkpoints.
+    camera_class_head: bool = False
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -158,6 +167,8 @@ class RVFNConfig(_Config):
                    'must be > 0', p)
             _check(0.0 < self.camera_hfov_deg < 180.0, 'camera_hfov_deg',
                    'must be in (0, 180)', p)
+            _check(self.camera_lift in ('span', 'sample'), 'camera_lift',
+                   f"must be 'span' or 'sample', got {self.camera_lift!r}", p)
         for name in ('image_channels', 'rf_in_channels', 'dim', 'num_heads', 'feature_dim',
                      'ffn_mult'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1', p)

@@ -118,7 +118,6 @@ class GridHead(nn.Module):
                              position=position.reshape(lead, -1, 2),
                              velocity=velocity.reshape(lead, -1, 2))
 
-
     def decode(self, out: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``net`` outputs (..., C + 4) of cells with these centres (..., 2) -> class logits,
         position (centre + a tanh-bounded offset) and velocity."""

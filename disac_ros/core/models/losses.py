@@ -38,6 +38,7 @@ class SetTargets:
     classes: torch.Tensor    # (B, N) long, 1..C-1 for objects, 0 for padding
     position: torch.Tensor   # (B, N, 2) metres
     velocity: torch.Tensor   # (B, N, 2) m/s
+    camera: torch.Tensor | None = None   # (B, N) bool: seen by the device's own camera
 
     @staticmethod
     def from_lists(classes: list[list[int]], positions: list[list[tuple[float, float]]],
@@ -179,6 +180,35 @@ def grid_assignment(grid: PolarGrid, targets: SetTargets, pose: torch.Tensor | N
                 out_t.append(t)
     return (np.asarray(out_b, dtype=np.int64), np.asarray(out_q, dtype=np.int64),
             np.asarray(out_t, dtype=np.int64))
+
+
+def camera_class_targets(grid: PolarGrid, targets: SetTargets) -> torch.Tensor:
+    """
+    (B, num_angle_cells, C - 1) multi-hot: which object classes the device's own camera sees
+    in each angle cell (device-frame targets with ``camera`` flags; the target of the camera
+    class head, ``rvfn.camera_class_head``).
+    """
+    if targets.camera is None:
+        raise ValueError('camera_class_targets: the targets carry no camera flags')
+    b, n = targets.classes.shape
+    out = torch.zeros(b, grid.num_angle_cells, 4)
+    seen = (targets.camera & (targets.classes > 0)).cpu().numpy()
+    bi, ti = np.nonzero(seen)
+    if bi.size:
+        cell = grid.cell_of(targets.position[bi, ti].detach().cpu().numpy())
+        ok = cell >= 0
+        cls = targets.classes[bi, ti].cpu().numpy()
+        out[bi[ok], cell[ok] // grid.num_range_cells, cls[ok] - 1] = 1.0
+    return out
+
+
+def camera_class_loss(logits: torch.Tensor, targets: SetTargets, grid: PolarGrid,
+                      in_view: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the per-angle camera class logits (B, A, 4) against
+    :func:`camera_class_targets`, over the angle cells ``in_view`` (A,) bool only."""
+    tgt = camera_class_targets(grid, targets).to(logits.device)
+    view = in_view.to(logits.device)
+    return F.binary_cross_entropy_with_logits(logits[:, view].float(), tgt[:, view])
 
 
 class GridCriterion(nn.Module):

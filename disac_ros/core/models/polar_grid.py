@@ -65,26 +65,46 @@ class PolarGrid:
             & (a_idx < self.num_angle_cells)
         return np.where(ok, a_idx * self.num_range_cells + r_idx, -1)
 
-    def camera_lift(self, hfov_deg: float, num_columns: int) -> torch.Tensor:
+    def camera_lift(self, hfov_deg: float, num_columns: int, mode: str = 'span') -> torch.Tensor:
         """
         (num_angle_cells, num_columns) weights that resample image-column features onto the
-        angle cells: row a interpolates linearly between the two columns that look along the
-        cell's centre azimuth (pinhole camera on the device x axis, image x to the right); rows
-        of cells outside the camera's field of view are all zero.
+        angle cells (pinhole camera on the device x axis, image x to the right; a positive
+        azimuth is left of centre). Rows of cells outside the field of view are all zero.
+
+        * ``'span'``: row a averages the columns that look inside the cell's azimuth span,
+          each by its overlap; the row sums to the fraction of the cell's span in view.
+        * ``'sample'``: row a interpolates linearly between the two columns that look along the
+          cell's centre azimuth (a cell is far wider than a column, so this misses objects
+          seen off-centre; kept for old checkpoints).
         """
         if not (0.0 < hfov_deg < 180.0) or num_columns < 1:
             raise ValueError('camera_lift: need 0 < hfov_deg < 180 and num_columns >= 1')
+        if mode not in ('span', 'sample'):
+            raise ValueError(f"camera_lift: mode must be 'span' or 'sample', got {mode!r}")
         half = math.radians(hfov_deg) / 2.0
         out = torch.zeros(self.num_angle_cells, num_columns)
+
+        def image_x(az: float) -> float:   # normalised image x in [0, 1], 0.5 at boresight
+            return 0.5 - 0.5 * math.tan(az) / math.tan(half)
+
         for a in range(self.num_angle_cells):
-            az = math.asin(-1.0 + (a + 0.5) * self.u_cell)
+            u_lo = -1.0 + a * self.u_cell
+            if mode == 'span':
+                az_lo, az_hi = math.asin(u_lo), math.asin(min(1.0, u_lo + self.u_cell))
+                lo, hi = max(az_lo, -half), min(az_hi, half)
+                if hi <= lo:
+                    continue
+                x0, x1 = image_x(hi), image_x(lo)            # hi azimuth = further left
+                edges = np.linspace(0.0, 1.0, num_columns + 1)
+                overlap = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)
+                out[a] = torch.from_numpy(overlap / overlap.sum() * (hi - lo) / (az_hi - az_lo))
+                continue
+            az = math.asin(u_lo + 0.5 * self.u_cell)
             if abs(az) > half:
                 continue
-            # normalised image x in [0, 1]: 0.5 at boresight, smaller (left) for positive az
-            x = 0.5 - 0.5 * math.tan(az) / math.tan(half)
-            pos = x * num_columns - 0.5                            # column-centre coordinates
-            lo = int(math.floor(pos))
-            frac = pos - lo
-            for col, w in ((lo, 1.0 - frac), (lo + 1, frac)):
+            pos = image_x(az) * num_columns - 0.5                 # column-centre coordinates
+            lo_col = int(math.floor(pos))
+            frac = pos - lo_col
+            for col, w in ((lo_col, 1.0 - frac), (lo_col + 1, frac)):
                 out[a, min(max(col, 0), num_columns - 1)] += w
         return out

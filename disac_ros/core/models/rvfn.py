@@ -140,6 +140,9 @@ class RVFNOutput:
 
     feature: torch.Tensor    # (B, feature_dim)
     tokens: torch.Tensor     # (B, S_rf + S_vis, dim) fused tokens (RF first)
+    # (B, num_angle_cells, 4) object-class logits of the camera alone per angle cell (polar
+    # layout with rvfn.camera_class_head; else None)
+    camera_logits: torch.Tensor | None = None
 
 
 class RVFN(nn.Module):
@@ -218,13 +221,14 @@ class RVFN(nn.Module):
         batch = None
         cells = None
         vis_tokens = None
+        camera_logits = None
         if self.rf_net is not None:
             rfx = self._check(rf, c.rf_in_channels, 'rf')
             cells = self.rf_net(_polar_rf_input(rfx))                    # (B, G, D)
             batch = cells.shape[0]
         if self.vis_net is not None:
             img = self._check(image, c.image_channels, 'image')
-            vis_tokens, ray = self.polar.camera(self.vis_net, (img - 0.5) / 0.25)
+            vis_tokens, ray, camera_logits = self.polar.camera(self.vis_net, (img - 0.5) / 0.25)
             if batch is not None and vis_tokens.shape[0] != batch:
                 raise ValueError(f'image and rf batch sizes differ: {vis_tokens.shape[0]} vs '
                                  f'{batch}')
@@ -239,10 +243,12 @@ class RVFN(nn.Module):
         feature = self.out(self.out_norm(cells)).flatten(1)             # (B, G * cell_dim)
         # Unit RMS per frame: the channel's power normalisation then loses nothing.
         feature = feature / feature.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
-        return RVFNOutput(feature=feature, tokens=torch.cat([cells] + streams[1:], dim=1))
+        return RVFNOutput(feature=feature, tokens=torch.cat([cells] + streams[1:], dim=1),
+                          camera_logits=camera_logits)
 
 
 _POLAR_DOPPLER_BINS = 16   # Doppler profile per range bin, max-pooled to this many channels
+_OBJECT_CLASSES = 4        # car, truck, pedestrian, cyclist (types.CLASS_NAMES without 'unknown')
 
 
 def _polar_rf_channels(c: RVFNConfig) -> int:
@@ -272,6 +278,7 @@ class _PolarLift(nn.Module):
         from disac_ros.core.models.polar_grid import PolarGrid
         self.grid = PolarGrid(c.polar_grid[0], c.polar_grid[1], c.max_range_m)
         self.hfov_deg = c.camera_hfov_deg
+        self.lift_mode = c.camera_lift
         self.shape = tuple(c.polar_grid)
         cols = c.vis_channels[-1]
         self.ray = nn.Sequential(nn.Linear(cols, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
@@ -280,25 +287,30 @@ class _PolarLift(nn.Module):
         self.range_emb = nn.Parameter(torch.randn(c.polar_grid[1], c.dim) * 0.02)
         self.conv = nn.Sequential(nn.Conv2d(c.dim, c.dim, 3, padding=1), _norm(c.dim), nn.GELU(),
                                   nn.Conv2d(c.dim, c.dim, 3, padding=1))
+        self.class_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, _OBJECT_CLASSES)) \
+            if c.camera_class_head else None
         self._lift_cols = -1
         self.register_buffer('lift', torch.zeros(0), persistent=False)
 
     def camera(self, vis_net: 'ConvTokenizer', img: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(visual tokens (B, S_vis, D), per-cell camera-ray features (B, G, D))."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(visual tokens (B, S_vis, D), per-cell camera-ray features (B, G, D), per-angle
+        camera class logits (B, A, 4) or None)."""
         fmap = vis_net.feature_map(img)                                   # (B, C, h, w)
         tokens = vis_net.tokens(fmap)
         columns = fmap.amax(dim=2).transpose(1, 2)                        # (B, w, C)
         if self._lift_cols != columns.shape[1]:
-            self.lift = self.grid.camera_lift(self.hfov_deg, columns.shape[1]).to(fmap.device)
+            self.lift = self.grid.camera_lift(self.hfov_deg, columns.shape[1],
+                                              self.lift_mode).to(fmap.device)
             self._lift_cols = columns.shape[1]
         lift = self.lift.to(columns.dtype)
         per_angle = lift @ self.ray(columns)                              # (B, A, D)
+        logits = None if self.class_head is None else self.class_head(per_angle)
         seen = lift.sum(-1, keepdim=True)                                 # (A, 1)
         per_angle = per_angle + self.ray_gate(seen)
         a, r = self.shape
         ray = (per_angle[:, :, None, :] + self.range_emb).reshape(img.shape[0], a * r, -1)
-        return tokens, ray
+        return tokens, ray, logits
 
     def refine(self, cells: torch.Tensor) -> torch.Tensor:
         """Residual 3x3 conv over the (angle, range) grid of fused cell tokens."""

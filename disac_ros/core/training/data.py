@@ -62,13 +62,22 @@ class ObjectSet:
     classes: np.ndarray     # (N,) int64, 1..4
     position: np.ndarray    # (N, 2) float32
     velocity: np.ndarray    # (N, 2) float32
+    # (N,) bool: the device's own camera sees the object (stage 1's camera auxiliary loss);
+    # None where unknown (aggregator labels)
+    camera: np.ndarray | None = None
 
 
 def collate_targets(sets: Sequence[ObjectSet]) -> SetTargets:
-    """Pad a list of ObjectSets into SetTargets."""
-    return SetTargets.from_lists([s.classes.tolist() for s in sets],
-                                 [s.position.tolist() for s in sets],
-                                 [s.velocity.tolist() for s in sets])
+    """Pad a list of ObjectSets into SetTargets (with ``camera`` flags when every set has them)."""
+    out = SetTargets.from_lists([s.classes.tolist() for s in sets],
+                                [s.position.tolist() for s in sets],
+                                [s.velocity.tolist() for s in sets])
+    if sets and all(s.camera is not None for s in sets):
+        cam = torch.zeros(out.classes.shape, dtype=torch.bool)
+        for i, s in enumerate(sets):
+            cam[i, :len(s.camera)] = torch.as_tensor(np.asarray(s.camera, dtype=bool))
+        out.camera = cam
+    return out
 
 
 def sensed_mask(labels: dict[str, np.ndarray], modalities: str,
@@ -113,7 +122,8 @@ class DeviceFrames(Dataset):
                 classes=labels['class_id'][keep].astype(np.int64),
                 position=rotate_to_frame(labels['position'][keep, :2], pose).astype(np.float32),
                 velocity=rotate_to_frame(labels['velocity'][keep, :2], pose,
-                                         translate=False).astype(np.float32)))
+                                         translate=False).astype(np.float32),
+                camera=labels['visible_camera'][keep].astype(bool)))
         self.frame_index = np.asarray(idx, dtype=np.int64)
         self.images = torch.from_numpy(np.stack(images))            # (N, H, W, 3) uint8
         self.rf = torch.from_numpy(np.stack(feats))                  # (N, 2, C, S) float32
@@ -150,7 +160,7 @@ class DeviceFrames(Dataset):
             img[m] = img[m].flip(-1)
             rfx[m, 1] = torch.roll(rfx[m, 1].flip(-2), 1, dims=-2)
             sign = np.array([1.0, -1.0], dtype=np.float32)
-            objs = [ObjectSet(o.classes, o.position * sign, o.velocity * sign) if flip else o
+            objs = [ObjectSet(o.classes, o.position * sign, o.velocity * sign, o.camera) if flip else o
                     for o, flip in zip(objs, mirror)]
         return img, rfx, collate_targets(objs)
 

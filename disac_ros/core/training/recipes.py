@@ -107,6 +107,11 @@ class Stage1Recipe:
     proxy_head_weight: float = 1.0     # set loss of a head reading the *decoded* feature
     reconstruction_weight: float = 1.0  # NMSE of the proxy decoder's output
     mirror_augment: float = 0.0         # probability of reflecting a sample (y -> -y)
+    # Weight of the camera auxiliary loss (needs rvfn.camera_class_head): the camera branch
+    # alone must say which classes it sees in each angle cell. Without it the fusion network
+    # learns from the RF alone and ignores the camera (the first generalist: shuffling the
+    # images between frames cost 0.02 of its device accuracy; no truck told from a car).
+    camera_aux_weight: float = 0.0
     proxy_decoder_hidden: int = 256
     eval_every: int = 200
     checkpoint_every: int = 200
@@ -133,6 +138,7 @@ class Stage1Recipe:
         _check(self.lr > 0, 'lr', 'must be > 0')
         _check_schedule(self.lr_schedule, self.decay_steps)
         _check(0.0 <= self.mirror_augment <= 1.0, 'mirror_augment', 'must be in [0, 1]')
+        _check(self.camera_aux_weight >= 0.0, 'camera_aux_weight', 'must be >= 0')
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from disac_ros.core.dataset import DisacDataset
 from disac_ros.core.errors import ConfigError
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.config import TRAMConfig
-from disac_ros.core.models.losses import build_criterion
+from disac_ros.core.models.losses import build_criterion, camera_class_loss
 from disac_ros.core.models.rvfn import LocalDetector
 from disac_ros.core.models.semantic_codec import MLPDecoder, SemanticEncoder
 from disac_ros.core.models.config import MLPDecoderConfig
@@ -109,8 +109,22 @@ def stage1_loss(models: dict[str, torch.nn.Module], img: torch.Tensor, rfx: torc
     l_rec = common.nmse(fhat, fused.feature.detach())
     loss = (r1.local_head_weight * l_local['loss'] + r1.proxy_head_weight * l_proxy['loss']
             + r1.reconstruction_weight * l_rec)
-    return loss, {'loss_local': l_local['loss'].item(), 'loss_proxy': l_proxy['loss'].item(),
-                  'nmse': l_rec.item()}
+    parts = {'loss_local': l_local['loss'].item(), 'loss_proxy': l_proxy['loss'].item(),
+             'nmse': l_rec.item()}
+    if r1.camera_aux_weight > 0:
+        l_cam = camera_aux_loss(models['detector'], fused, tgt)
+        loss = loss + r1.camera_aux_weight * l_cam
+        parts['loss_camera'] = l_cam.item()
+    return loss, parts
+
+
+def camera_aux_loss(detector: torch.nn.Module, fused: Any, tgt: Any) -> torch.Tensor:
+    """The camera auxiliary loss (``stage1.camera_aux_weight``) of one batch."""
+    polar = getattr(detector.rvfn, 'polar', None)
+    if fused.camera_logits is None or polar is None:
+        raise ConfigError('stage1.camera_aux_weight', 'needs rvfn.layout polar with '
+                          'rvfn.camera_class_head: true and a camera')
+    return camera_class_loss(fused.camera_logits, tgt, polar.grid, polar.lift.sum(-1) > 0)
 
 
 @torch.no_grad()
