@@ -12,6 +12,7 @@ import numpy as np
 # Object classes. The order matches disac_interfaces/msg/TrackedObject CLASS_* constants, so a class
 # id is the same number in the core, the dataset and on the wire.
 CLASS_NAMES: tuple[str, ...] = ('unknown', 'car', 'truck', 'pedestrian', 'cyclist')
+NUM_OBJECT_CLASSES = len(CLASS_NAMES) - 1   # without 'unknown'
 CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 OBJECT_CLASSES: tuple[str, ...] = CLASS_NAMES[1:]   # classes the simulator can spawn
 

@@ -29,6 +29,7 @@ from disac_ros.core.geometry import to_frame_2d
 from disac_ros.core.models.config import HeadConfig, LossConfig
 from disac_ros.core.models.heads import SetPrediction
 from disac_ros.core.models.polar_grid import PolarGrid
+from disac_ros.core.types import NUM_OBJECT_CLASSES
 
 
 @dataclass
@@ -190,8 +191,8 @@ def camera_class_targets(grid: PolarGrid, targets: SetTargets) -> torch.Tensor:
     """
     if targets.camera is None:
         raise ValueError('camera_class_targets: the targets carry no camera flags')
-    b, n = targets.classes.shape
-    out = torch.zeros(b, grid.num_angle_cells, 4)
+    b = targets.classes.shape[0]
+    out = torch.zeros(b, grid.num_angle_cells, NUM_OBJECT_CLASSES)
     seen = (targets.camera & (targets.classes > 0)).cpu().numpy()
     bi, ti = np.nonzero(seen)
     if bi.size:

@@ -83,6 +83,7 @@ class PolarGrid:
             raise ValueError(f"camera_lift: mode must be 'span' or 'sample', got {mode!r}")
         half = math.radians(hfov_deg) / 2.0
         out = torch.zeros(self.num_angle_cells, num_columns)
+        edges = np.linspace(0.0, 1.0, num_columns + 1)     # column borders in image x
 
         def image_x(az: float) -> float:   # normalised image x in [0, 1], 0.5 at boresight
             return 0.5 - 0.5 * math.tan(az) / math.tan(half)
@@ -95,7 +96,6 @@ class PolarGrid:
                 if hi <= lo:
                     continue
                 x0, x1 = image_x(hi), image_x(lo)            # hi azimuth = further left
-                edges = np.linspace(0.0, 1.0, num_columns + 1)
                 overlap = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)
                 out[a] = torch.from_numpy(overlap / overlap.sum() * (hi - lo) / (az_hi - az_lo))
                 continue

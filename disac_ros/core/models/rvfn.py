@@ -39,6 +39,7 @@ from torch import nn
 
 from disac_ros.core.models.config import HeadConfig, RVFNConfig
 from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
+from disac_ros.core.types import NUM_OBJECT_CLASSES
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -248,7 +249,6 @@ class RVFN(nn.Module):
 
 
 _POLAR_DOPPLER_BINS = 16   # Doppler profile per range bin, max-pooled to this many channels
-_OBJECT_CLASSES = 4        # car, truck, pedestrian, cyclist (types.CLASS_NAMES without 'unknown')
 
 
 def _polar_rf_channels(c: RVFNConfig) -> int:
@@ -287,8 +287,8 @@ class _PolarLift(nn.Module):
         self.range_emb = nn.Parameter(torch.randn(c.polar_grid[1], c.dim) * 0.02)
         self.conv = nn.Sequential(nn.Conv2d(c.dim, c.dim, 3, padding=1), _norm(c.dim), nn.GELU(),
                                   nn.Conv2d(c.dim, c.dim, 3, padding=1))
-        self.class_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, _OBJECT_CLASSES)) \
-            if c.camera_class_head else None
+        self.class_head = (nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, NUM_OBJECT_CLASSES))
+                           if c.camera_class_head else None)
         self._lift_cols = -1
         self.register_buffer('lift', torch.zeros(0), persistent=False)
 
