@@ -158,6 +158,24 @@ def test_mismatched_model_config_or_state_is_refused(tmp_path):
         load_checkpoint(folder)
 
 
+def test_a_checkpoint_from_before_cell_context_loads_only_into_a_model_without_it(tmp_path):
+    # head.cell_context was added after checkpoints were written (models/default, resume states):
+    # an old config without the field means cell_context = 0, nothing else.
+    def grid_tram(context):
+        return TRAM(TRAMConfig(feature_dim=12, dim=16, num_heads=2, num_layers=1,
+                               detect_in_device_frame=True,
+                               head=HeadConfig(dim=16, num_heads=2, kind='grid', polar_grid=(2, 2),
+                                               cell_context=context)))
+    folder = save_checkpoint(tmp_path / 'old', {'tram': grid_tram(0)})
+    conf = json.loads((folder / 'config.json').read_text())
+    del conf['models']['tram']['config']['head']['cell_context']
+    (folder / 'config.json').write_text(json.dumps(conf))
+    assert load_checkpoint(folder).models['tram'].config.head.cell_context == 0
+    load_checkpoint(folder, {'tram': grid_tram(0)})
+    with pytest.raises(CheckpointError, match=r'head\.cell_context: present in only one'):
+        load_checkpoint(folder, {'tram': grid_tram(1)})
+
+
 def test_save_is_atomic_and_validates_names(tmp_path):
     folder, models = _saved(tmp_path)
     with pytest.raises(Exception, match='models.bad name'):

@@ -206,3 +206,27 @@ def test_sensing_assignment_only_asks_devices_that_perceive_the_object():
     sensed = torch.tensor([[[False, True]]])
     b, q, ti = grid_assignment(g, tw, pose, torch.tensor([[True, True]]), sensed)
     assert q.tolist() == [g.num_cells + int(g.cell_of(np.array([[40.0, -1.0]]))[0])]
+
+
+@pytest.mark.parametrize('context', [0, 1])
+def test_cell_context_lets_a_cell_see_its_neighbours_only(context):
+    # head.cell_context = n: each layer is two 3x3 convs, so a cell's prediction reads the cells
+    # up to 2n away on the (angle, range) grid and nothing further; n = 0 is per-cell.
+    rc = RVFNConfig(vis_channels=(8, 16), rf_channels=(8,), dim=32, num_heads=2,
+                    num_cross_layers=1, layout='polar', polar_grid=(4, 8), cell_dim=4,
+                    feature_dim=128)
+    torch.manual_seed(0)
+    det = LocalDetector(rc, HeadConfig(dim=32, num_heads=2, kind='grid', polar_grid=(4, 8),
+                                       cell_context=context)).eval()
+    feat = torch.randn(1, 4, 8, 4)
+    base = det.detect_from_feature(feat.flatten(1)).logits.view(4, 8, -1)
+    near, far = feat.clone(), feat.clone()
+    near[0, 1, 4] += 3.0             # next to cell (1, 3)
+    far[0, 3, 7] += 3.0              # 4 range cells and 2 angle cells from (1, 3)
+    with torch.no_grad():
+        near_out = det.detect_from_feature(near.flatten(1)).logits.view(4, 8, -1)
+        far_out = det.detect_from_feature(far.flatten(1)).logits.view(4, 8, -1)
+    assert torch.allclose(far_out[1, 3], base[1, 3], atol=1e-6)
+    assert (not torch.allclose(near_out[1, 3], base[1, 3], atol=1e-4)) == bool(context)
+    with pytest.raises(ConfigError, match='cell_context'):
+        HeadConfig(kind='set', cell_context=1).validate()

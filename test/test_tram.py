@@ -219,8 +219,9 @@ def test_device_frame_mode_masks_absent_devices_and_needs_tram():
         _cfg(detect_in_device_frame=True, aggregator='mean_pool')
 
 
-def _relative_model(aggregator: str = 'tram') -> TRAM:
-    head = HeadConfig(dim=32, num_heads=2, kind='grid', polar_grid=(4, 8))
+def _relative_model(aggregator: str = 'tram', cell_context: int = 0) -> TRAM:
+    head = HeadConfig(dim=32, num_heads=2, kind='grid', polar_grid=(4, 8),
+                      cell_context=cell_context)
     torch.manual_seed(0)
     return TRAM(TRAMConfig(feature_dim=128, dim=32, num_layers=1, num_heads=2, head=head,
                            detect_in_device_frame=aggregator == 'tram', geometry='relative',
@@ -236,8 +237,9 @@ def _rigid(pose: torch.Tensor, theta: float, shift: tuple[float, float]) -> torc
     return out
 
 
-def test_relative_geometry_has_no_per_id_parameters_and_ignores_the_map_frame():
-    model = _relative_model()
+@pytest.mark.parametrize('cell_context', [0, 2])
+def test_relative_geometry_has_no_per_id_parameters_and_ignores_the_map_frame(cell_context):
+    model = _relative_model(cell_context=cell_context)
     names = [n for n, _ in model.named_parameters()]
     assert not [n for n in names if n.startswith(('device_emb', 'pose_emb', 'world_pos_emb'))]
     g = torch.Generator().manual_seed(1)
@@ -273,8 +275,9 @@ def test_relative_geometry_runs_any_number_of_devices(aggregator):
         assert torch.isfinite(out.prediction.logits).all()
 
 
-def test_relative_geometry_absent_devices_cannot_affect_the_present_ones():
-    model = _relative_model()
+@pytest.mark.parametrize('cell_context', [0, 2])
+def test_relative_geometry_absent_devices_cannot_affect_the_present_ones(cell_context):
+    model = _relative_model(cell_context=cell_context)
     feats = torch.randn(1, 3, 128)
     pose = torch.randn(1, 3, 3) * 10
     link = torch.tensor([10.0, 100.0]).expand(1, 3, 2)

@@ -149,10 +149,18 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f'{path}: not valid JSON ({err})') from err
 
 
+# Config fields added after checkpoints were written, with the value that reproduces the old
+# behaviour: a checkpoint without the field matches a model that has it at this value.
+_FIELDS_ADDED_LATER: dict[str, Any] = {'cell_context': 0}
+
+
 def _diff_config(saved: Any, current: Any, where: str) -> str | None:
     """First differing dotted field between two JSON configs, described; None when equal."""
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current)):
+            if (key not in saved and key in _FIELDS_ADDED_LATER
+                    and current[key] == _FIELDS_ADDED_LATER[key]):
+                continue
             if key not in saved or key not in current:
                 return f'{where}.{key}: present in only one of checkpoint / model'
             d = _diff_config(saved[key], current[key], f'{where}.{key}')

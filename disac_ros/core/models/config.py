@@ -207,12 +207,20 @@ class HeadConfig(_Config):
     kind: str = 'set'
     polar_grid: tuple[int, int] = (8, 16)
     max_range_m: float = 64.0
+    # Grid heads: residual 3x3 conv layers over each device's (angle, range) grid of cell tokens
+    # before the per-cell readout (heads.GridContext), so a cell's prediction sees its
+    # neighbours: a truck's extent over several cells, and what an occupied cell's mostly empty
+    # neighbours carry for it at the same payload. 0 = per-cell only (old checkpoints).
+    cell_context: int = 0
 
     def validate(self, prefix: str = '') -> None:
         """Raise ConfigError naming the first invalid field."""
         p = prefix
         _check(self.kind in ('set', 'grid'), 'kind', f"must be 'set' or 'grid', got {self.kind!r}",
                p)
+        _check(0 <= self.cell_context <= 8, 'cell_context', 'must be an integer in [0, 8]', p)
+        _check(self.cell_context == 0 or self.kind == 'grid', 'cell_context',
+               'needs kind=grid', p)
         _check(len(self.polar_grid) == 2 and all(g >= 1 for g in self.polar_grid), 'polar_grid',
                'must be two positive integers [angle cells, range cells]', p)
         _check(math.isfinite(self.max_range_m) and self.max_range_m > 0, 'max_range_m',

@@ -127,6 +127,32 @@ class GridHead(nn.Module):
         return out[..., :c.num_classes], position, box[..., 2:] * c.velocity_scale_mps
 
 
+class GridContext(nn.Module):
+    """``HeadConfig.cell_context`` residual blocks (LayerNorm over each cell's channels, then
+    3x3 conv, GELU, 3x3 conv over the (angle, range) grid) on cell tokens (..., G, D), each grid
+    (device) on its own; identity with 0 blocks. A cell reads only the cells up to 2 per block
+    away (no grid-wide statistics), so what it reports stays local."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.shape = tuple(config.polar_grid)
+        d = config.dim
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.cell_context))
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.GELU(), nn.Conv2d(d, d, 3, padding=1))
+            for _ in range(config.cell_context))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.convs:
+            return tokens
+        lead, (g, d) = tokens.shape[:-2], tokens.shape[-2:]
+        x = tokens.reshape(-1, g, d)
+        for norm, conv in zip(self.norms, self.convs):
+            y = norm(x).transpose(1, 2).reshape(-1, d, *self.shape)
+            x = x + conv(y).reshape(-1, d, g).transpose(1, 2)
+        return x.reshape(*lead, g, d)
+
+
 def build_head(config: HeadConfig) -> nn.Module:
     """The head a config asks for: SetPredictionHead ('set') or GridHead ('grid')."""
     return GridHead(config) if config.kind == 'grid' else SetPredictionHead(config)

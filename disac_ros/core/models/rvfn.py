@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from disac_ros.core.models.config import HeadConfig, RVFNConfig
-from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
+from disac_ros.core.models.heads import build_head, GridContext, GridHead, SetPrediction
 from disac_ros.core.types import NUM_OBJECT_CLASSES
 
 
@@ -344,6 +344,7 @@ class LocalDetector(nn.Module):
         # Grid heads read the transmitted per-cell feature itself (not the wider fused tokens),
         # so what a device sends is exactly what its own detector needed.
         self.cell_in = nn.Linear(rc.cell_dim, hc.dim) if hc.kind == 'grid' else None
+        self.cell_context = GridContext(hc) if hc.kind == 'grid' else None
 
     def forward(self, image: torch.Tensor | None,
                 rf: torch.Tensor | None) -> tuple[RVFNOutput, SetPrediction]:
@@ -358,4 +359,5 @@ class LocalDetector(nn.Module):
         if not isinstance(self.head, GridHead) or self.cell_in is None:
             raise ValueError('detect_from_feature needs a grid head (head.kind=grid)')
         cells = feature.float().view(feature.shape[0], self.head.grid.num_cells, -1)
-        return self.head(self.cell_in(cells))
+        assert self.cell_context is not None
+        return self.head(self.cell_context(self.cell_in(cells)))

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from disac_ros.core.models.config import TRAMConfig
-from disac_ros.core.models.heads import GridHead, SetPrediction, build_head
+from disac_ros.core.models.heads import build_head, GridContext, GridHead, SetPrediction
 from disac_ros.core.models.polar_grid import PolarGrid
 from disac_ros.core.models.relative_attention import RelativeGeometryEncoder
 from disac_ros.core.models.semantic_codec import side_info_features
@@ -90,6 +90,7 @@ class TRAM(nn.Module):
             self.grid = PolarGrid(c.head.polar_grid[0], c.head.polar_grid[1], c.head.max_range_m)
             cells = self.grid.num_cells
             self.feat_proj = nn.Linear(c.feature_dim // cells, c.dim)
+            self.cell_context = GridContext(c.head)   # per device, before the cross-device encoder
             self.token_index = nn.Parameter(torch.randn(cells, c.dim) * 0.02)
             if not self.relative:
                 self.world_pos_emb = _mlp(2, c.dim)
@@ -171,7 +172,7 @@ class TRAM(nn.Module):
             cells = features.float().view(b, k, t, -1)
             world = self._to_world(self.centres.to(pose.dtype).expand(b, k, t, 2), pose) \
                 + pose[..., None, :2]
-            tokens = self.feat_proj(cells) + self.token_index
+            tokens = self.cell_context(self.feat_proj(cells)) + self.token_index
             if not self.relative:
                 tokens = tokens + self.world_pos_emb(world / c.scene_scale_m)
         else:
