@@ -123,8 +123,9 @@ class TRAM(nn.Module):
         self.head = build_head(c.head)
         # Inference option (not part of the trained config): keep only this many cells per
         # device, the likeliest to hold an object by the grid head on the tokens before the
-        # cross-device encoder; the others report "no object". 0 = every cell (exact). It makes
-        # the encoder's cost grow with K * max_cells instead of K * cells.
+        # cross-device encoder; the others keep that head's reading of their own tokens (no
+        # cross-device context). 0 = every cell (exact). It makes the encoder's cost grow with
+        # K * max_cells instead of K * cells.
         self.max_cells_per_device = 0
 
     def _validate(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
@@ -240,12 +241,16 @@ class TRAM(nn.Module):
     def _pruned_grid_forward(self, tokens: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
                              link_e: torch.Tensor, world: torch.Tensor, m: int) -> TRAMOutput:
         """``_device_frame_forward`` on the ``m`` likeliest cells of each device (see
-        ``max_cells_per_device``); the cells left out predict "no object"."""
+        ``max_cells_per_device``); the cells left out keep the grid head's reading of their own
+        tokens, without the cross-device encoder."""
         b, k, t, d = tokens.shape
         absent = ~present
         head = self.head
-        pre = head.net(tokens)[..., :head.config.num_classes]                 # (B, K, T, C)
-        objectness = 1.0 - pre.softmax(-1)[..., 0]
+        c = head.config
+        # The head on every cell before the encoder: it ranks the cells, and it is the answer of
+        # the cells that are not fused (one per-cell MLP: linear in K).
+        own = head.net(tokens)                                                  # (B, K, T, C+4)
+        objectness = 1.0 - own[..., :c.num_classes].softmax(-1)[..., 0]
         keep = objectness.topk(m, dim=-1).indices                               # (B, K, M)
         kept = tokens.gather(2, keep[..., None].expand(b, k, m, d))
         kept_world = world.gather(2, keep[..., None].expand(b, k, m, 2))
@@ -255,18 +260,12 @@ class TRAM(nn.Module):
             flat = self.encoder(flat, kept_world.reshape(b, k * m, 2), pad)
         per_dev = flat.view(b, k, m, d)
         w = self._weights(per_dev.mean(dim=2), link_e, absent)
-        # The grid head on the kept cells, scattered back into the full grid.
-        c = head.config
-        centres = head.centres.expand(b, k, t, 2)
-        kept_logits, kept_pos, kept_vel = head.decode(head.net(per_dev),
-                                                      centres.gather(2, keep[..., None].expand(b, k, m, 2)))
-        logits = torch.full((b, k, t, c.num_classes), -1e4, dtype=kept_logits.dtype)
-        logits[..., 0] = 1e4
-        logits.scatter_(2, keep[..., None].expand(b, k, m, c.num_classes), kept_logits)
-        position = centres.to(kept_pos.dtype).clone().scatter_(2, keep[..., None].expand(b, k, m, 2), kept_pos)
-        velocity = torch.zeros_like(position).scatter_(2, keep[..., None].expand(b, k, m, 2), kept_vel)
+        # The fused cells' head outputs replace their own ones, then one decode of the full grid.
+        out = own.scatter(2, keep[..., None].expand(b, k, m, own.shape[-1]), head.net(per_dev))
+        logits, position, velocity = head.decode(out, head.centres.expand(b, k, t, 2))
         pred = SetPrediction(logits=logits.reshape(b * k, t, c.num_classes),
-                             position=position.reshape(b * k, t, 2), velocity=velocity.reshape(b * k, t, 2))
+                             position=position.reshape(b * k, t, 2),
+                             velocity=velocity.reshape(b * k, t, 2))
         return self._place(pred, present, pose, w)
 
     @staticmethod
