@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--repeats', type=int, default=30)
     p.add_argument('--max-cells', type=int, nargs='+', default=[0],
                    help="TRAM's max_cells_per_device settings to compare (0 = every cell), side by side")
+    p.add_argument('--max-fused-cells', type=int, nargs='+', default=[],
+                   help="also TRAM's max_fused_cells budgets (cells over all devices, each device "
+                        "N // K of its own), side by side")
     p.add_argument('--json', default='')
     args = p.parse_args(argv)
     if any(k < 1 for k in args.ks):
@@ -84,32 +87,35 @@ def main(argv: list[str] | None = None) -> int:
         pipe.tram(feats[k], torch.ones(1, k, dtype=torch.bool), pose, link, torch.zeros(1, k, dtype=torch.long))
 
     parts = {'group': lambda k: pipe.run([groups[k]]), 'decoder': decode, 'tram': tram}
-    times = {(m, name): {k: [] for k in args.ks} for m in args.max_cells for name in parts}
+    # Each setting: (label, max_cells_per_device, max_fused_cells).
+    settings = ([(f'max_cells_per_device {m or "all"}', m, 0) for m in args.max_cells]
+                + [(f'max_fused_cells {b}', 0, b) for b in args.max_fused_cells])
+    times = {(label, name): {k: [] for k in args.ks} for label, _, _ in settings for name in parts}
     with torch.no_grad():
         for r in range(args.warmup + args.repeats):
-            for m in args.max_cells:
-                pipe.tram.max_cells_per_device = m
+            for label, m, budget in settings:
+                pipe.tram.max_cells_per_device, pipe.tram.max_fused_cells = m, budget
                 for k in args.ks:                   # interleaved: noise hits every K alike
                     for name, fn in parts.items():
                         t0 = time.perf_counter()
                         fn(k)
                         if r >= args.warmup:
-                            times[(m, name)][k].append((time.perf_counter() - t0) * 1e3)
+                            times[(label, name)][k].append((time.perf_counter() - t0) * 1e3)
     med = {key: {k: statistics.median(v) for k, v in per_k.items()} for key, per_k in times.items()}
     ref = 4 if 4 in args.ks else args.ks[0]
     print(f'{pipe.info.root}: threads {args.threads}, median of {args.repeats} calls (ms)')
-    for m in args.max_cells:
-        print(f'\nmax_cells_per_device {m or "all"}')
+    for label, _, _ in settings:
+        print(f'\n{label}')
         print(f'{"K":>3} {"group":>8} {"per dev":>8} {"vs K=" + str(ref):>8} {"decoder":>8} {"tram":>8}')
         for k in args.ks:
-            g = med[(m, 'group')][k]
-            print(f'{k:3d} {g:8.2f} {g / k:8.2f} {g / med[(m, "group")][ref]:8.2f} '
-                  f'{med[(m, "decoder")][k]:8.2f} {med[(m, "tram")][k]:8.2f}')
+            g = med[(label, 'group')][k]
+            print(f'{k:3d} {g:8.2f} {g / k:8.2f} {g / med[(label, "group")][ref]:8.2f} '
+                  f'{med[(label, "decoder")][k]:8.2f} {med[(label, "tram")][k]:8.2f}')
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({'args': vars(args), 'model': str(pipe.info.root),
-                                               'median_ms': {f'{name}@max_cells={m}': {str(k): v for k, v in d.items()}
-                                                             for (m, name), d in med.items()}}, indent=2))
+                                               'median_ms': {f'{name}@{label}': {str(k): v for k, v in d.items()}
+                                                             for (label, name), d in med.items()}}, indent=2))
     return 0
 
 

@@ -318,6 +318,29 @@ def test_cell_pruning_fuses_the_likeliest_cells_and_is_exact_when_it_keeps_all()
     assert int((full.position[0, dev0] != full_moved.position[0, dev0]).any(-1).sum()) > 5
 
 
+def test_a_fused_cell_budget_is_shared_by_the_present_devices():
+    # max_fused_cells = N: each device fuses N // K of its cells, K = the present devices; exact
+    # while N covers every cell of every present device.
+    model = _relative_model()
+    g = torch.Generator().manual_seed(3)
+    feats, pose = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 3, generator=g) * 10
+    link = torch.tensor([10.0, 100.0]).expand(2, 4, 2)
+    two = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    with torch.no_grad():
+        full = model(feats, two, pose, link).prediction
+        model.max_fused_cells = 64                       # 2 devices x 32 cells: every cell
+        assert torch.equal(model(feats, two, pose, link).prediction.logits, full.logits)
+        model.max_fused_cells = 10                       # 2 present devices: 5 cells each
+        budget = model(feats, two, pose, link).prediction
+        model.max_fused_cells, model.max_cells_per_device = 0, 5
+        per_device = model(feats, two, pose, link).prediction
+    assert torch.equal(budget.logits, per_device.logits)
+    assert not torch.equal(budget.logits, full.logits)
+    assert model.cells_to_fuse(torch.ones(1, 40, dtype=torch.bool), 32) == 5
+    model.max_cells_per_device, model.max_fused_cells = 0, 10
+    assert model.cells_to_fuse(torch.ones(1, 40, dtype=torch.bool), 32) == 1   # never 0
+
+
 def test_geometry_must_be_known():
     with pytest.raises(Exception, match='geometry'):
         TRAMConfig(geometry='polar')

@@ -285,7 +285,8 @@ class AggregatorPipeline:
                  fusion: FusionConfig | None = None, llm_source: str = '',
                  slot_of: dict[str, str] | None = None,
                  class_weights: Sequence[float] | None = None,
-                 class_thresholds: Sequence[float] | None = None, max_cells_per_device: int = 0) -> None:
+                 class_thresholds: Sequence[float] | None = None, max_cells_per_device: int = 0,
+                 max_fused_cells: int = 0) -> None:
         """
         Load the decoder and TRAM.
 
@@ -304,6 +305,8 @@ class AggregatorPipeline:
             ``score_threshold``; None = the fitted calibration's, if any, () = none.
         :param max_cells_per_device: TRAM fuses only this many cells of each device, the likeliest
             to hold an object (0 = all; see ``TRAM.max_cells_per_device``).
+        :param max_fused_cells: a budget of cells TRAM fuses over all the group's devices, each
+            device its likeliest ``max_fused_cells // K`` (0 = none; ``TRAM.max_fused_cells``).
         """
         from disac_ros.core.training.decoder import decoder_dir, load_decoder
         from disac_ros.core.training.calibration import load_calibration
@@ -326,8 +329,11 @@ class AggregatorPipeline:
         self.tram = _load(str(afolder), load_aggregator, self.info.root, modalities, aggregator).eval()
         if max_cells_per_device < 0:
             raise ConfigError('max_cells_per_device', f'must be >= 0, got {max_cells_per_device}')
+        if max_fused_cells < 0:
+            raise ConfigError('max_fused_cells', f'must be >= 0, got {max_fused_cells}')
         if hasattr(self.tram, 'max_cells_per_device'):
             self.tram.max_cells_per_device = int(max_cells_per_device)
+            self.tram.max_fused_cells = int(max_fused_cells)
         self.channel_config = self.info.channel
         self._fitted = _load(str(afolder.parent), load_calibration, afolder.parent)
         self.retune(score_threshold, fusion or FusionConfig(), class_weights, class_thresholds)

@@ -83,6 +83,10 @@ PARAMS = (
           choices=('shipped',) + DECODER_KINDS),
     Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
+    Param('max_fused_cells', 0, 'TRAM fuses at most this many polar cells over all the devices of a '
+          'group, the likeliest max_fused_cells // K of each (the others keep their own reading); '
+          '512 = exact up to 4 devices, then the cost stops growing with the square of K. 0 = every cell',
+          minimum=0, maximum=1 << 20),
     Param('warm_up', True, 'decode and fuse one blank group after loading, so the first real '
                            'group is not slowed by first-call costs'),
     Param('score_threshold', 0.5, 'min class probability of a TRAM query to become a detection '
@@ -297,7 +301,8 @@ class AggregatorNode(ManagedNode):
                                       score_threshold=self.cfg['score_threshold'],
                                       fusion=self._fusion_config(), llm_source=self.cfg['llm_source'],
                                       class_weights=self.class_weights,
-                                      class_thresholds=self.class_thresholds)
+                                      class_thresholds=self.class_thresholds,
+                                      max_fused_cells=self.cfg['max_fused_cells'])
         for dev in self.device_ids:
             pipeline.slot(dev)
         return pipeline

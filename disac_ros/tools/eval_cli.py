@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-cells-per-device', type=int, default=0, metavar='M',
                    help='with --scenes: TRAM fuses only the M likeliest cells of each device (the '
                         'aggregator node\'s max_cells_per_device; 0 = every cell)')
+    p.add_argument('--max-fused-cells', type=int, default=0, metavar='N',
+                   help='with --scenes: TRAM fuses at most N cells over all devices, N // K of each '
+                        'device (the aggregator node\'s max_fused_cells; 0 = no budget)')
     return p
 
 
@@ -132,6 +135,7 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
         print(f'{PROG}: {name}: {len(scenes)} scenes', file=sys.stderr)
         results[name] = evaluate_scenes(ckpt, scenes, snr_db=args.snr, symbol_bits=args.symbol_bits,
                                         max_cells_per_device=args.max_cells_per_device,
+                                        max_fused_cells=args.max_fused_cells,
                                         max_frames=args.max_frames or 0,
                                         calibrated=not args.uncalibrated, recipe=recipe,
                                         log=lambda m: print(f'  {m}', file=sys.stderr))
@@ -171,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError('--symbol-bits', f'each must be in 2..8, got {bad_bits}')
         if args.max_cells_per_device < 0:
             raise ConfigError('--max-cells-per-device', f'must be >= 0, got {args.max_cells_per_device}')
+        if args.max_fused_cells < 0:
+            raise ConfigError('--max-fused-cells', f'must be >= 0, got {args.max_fused_cells}')
         if args.symbol_bits and not args.scenes:
             raise ConfigError('--symbol-bits', 'needs --scenes')
         if args.scenes:

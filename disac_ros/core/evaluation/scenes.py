@@ -39,7 +39,7 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                     max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
                     calibrated: bool = True, log: Callable[[str], None] = print,
                     recipe: Any = None, symbol_bits: Sequence[int] = (),
-                    max_cells_per_device: int = 0) -> dict[str, Any]:
+                    max_cells_per_device: int = 0, max_fused_cells: int = 0) -> dict[str, Any]:
     """
     Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
     :func:`disac_ros.core.family_dataset.load_scenes`).
@@ -64,6 +64,7 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
         for model in ctx.aggregators.values():       # TRAM's inference-time cell pruning
             if hasattr(model, 'max_cells_per_device'):
                 model.max_cells_per_device = int(max_cells_per_device)
+                model.max_fused_cells = int(max_fused_cells)
         k = len(ctx.device_ids)
         frames += len(ctx.frames)
         conds: dict[str, list[Condition]] = {}

@@ -127,6 +127,11 @@ class TRAM(nn.Module):
         # cross-device context). 0 = every cell (exact). It makes the encoder's cost grow with
         # K * max_cells instead of K * cells.
         self.max_cells_per_device = 0
+        # Inference option: a budget of fused cells over all present devices; each device fuses
+        # max_fused_cells // K of its cells (at most every cell, capped by max_cells_per_device).
+        # 0 = no budget. With 4 x 128 the model is exact up to K = 4 and the encoder's cost stops
+        # growing beyond it: only the per-cell parts stay linear in K.
+        self.max_fused_cells = 0
 
     def _validate(self, features: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
                   link: torch.Tensor, device_index: torch.Tensor) -> None:
@@ -220,8 +225,8 @@ class TRAM(nn.Module):
         """Per-device decoding in the device frame + exact pose transform (see module doc)."""
         b, k, t, d = tokens.shape
         absent = ~present
-        m = self.max_cells_per_device
-        if 0 < m < t and self.grid is not None and self.relative and world is not None:
+        m = self.cells_to_fuse(present, t)
+        if m < t and self.grid is not None and self.relative and world is not None:
             return self._pruned_grid_forward(tokens, present, pose, link_e, world, m)
         flat = tokens.reshape(b, k * t, d)
         pad = absent.repeat_interleave(t, dim=1)
@@ -237,6 +242,17 @@ class TRAM(nn.Module):
             return self._grid_output(per_dev, present, pose, w)
         pred = self.head(per_dev.reshape(b * k, t, d), context=summary.reshape(b * k, d))
         return self._place(pred, present, pose, w)
+
+    def cells_to_fuse(self, present: torch.Tensor, cells: int) -> int:
+        """How many cells of each device enter the cross-device encoder (``max_cells_per_device``,
+        ``max_fused_cells``), for frames with these present devices (B, K)."""
+        m = cells
+        if self.max_cells_per_device > 0:
+            m = min(m, self.max_cells_per_device)
+        if self.max_fused_cells > 0:
+            most = max(1, int(present.sum(dim=1).max()))
+            m = min(m, max(1, self.max_fused_cells // most))
+        return m
 
     def _pruned_grid_forward(self, tokens: torch.Tensor, present: torch.Tensor, pose: torch.Tensor,
                              link_e: torch.Tensor, world: torch.Tensor, m: int) -> TRAMOutput:
