@@ -100,3 +100,14 @@ def test_export_fails_clearly_and_never_clobbers(trained_like, tmp_path):
     assert not dst.exists()
     with pytest.raises(ExportError, match='model.json'):
         export_model(tmp_path / 'nothing', tmp_path / 'out2')
+
+
+def test_the_card_of_a_federated_model_names_its_rounds_not_its_unused_steps(tmp_path):
+    from disac_ros.core.training.export import model_card
+    recipe = {'name': 'r', 'stage1': {'steps': 600, 'rounds': 720, 'clients_per_round': 8,
+                                      'local_steps': 10, 'batch_size': 16, 'lr': 0.001}}
+    shared = model_card({'device_agnostic': True}, recipe, {}, tmp_path, 1000)
+    assert '* stage1: rounds=720, clients_per_round=8, local_steps=10' in shared
+    assert 'steps=600' not in shared
+    per_device = model_card({'devices': ['dev0']}, recipe, {}, tmp_path, 1000)
+    assert '* stage1: steps=600, batch_size=16, lr=0.001' in per_device

@@ -167,8 +167,11 @@ def model_card(model: Mapping[str, Any], recipe: Mapping[str, Any], seeds: Mappi
     for sec in ('stage1', 'decoder', 'stage2'):
         if isinstance(recipe.get(sec), dict):
             r = recipe[sec]
-            lines.append(f'* {sec}: ' + ', '.join(f'{k}={r[k]}' for k in
-                                                  ('steps', 'batch_size', 'lr') if k in r))
+            # A device-agnostic stage 1 is federated: it runs rounds, not stage1.steps.
+            keys = (('rounds', 'clients_per_round', 'local_steps', 'batch_size', 'lr')
+                    if sec == 'stage1' and model.get('device_agnostic')
+                    else ('steps', 'batch_size', 'lr'))
+            lines.append(f'* {sec}: ' + ', '.join(f'{k}={r[k]}' for k in keys if k in r))
     rv = recipe.get('rvfn', {})
     if rv and rv.get('layout') == 'polar':
         enc = recipe.get('encoder', {})
