@@ -341,6 +341,36 @@ def test_a_fused_cell_budget_is_shared_by_the_present_devices():
     assert model.cells_to_fuse(torch.ones(1, 40, dtype=torch.bool), 32) == 1   # never 0
 
 
+def test_pruned_training_steps_teach_the_reading_of_unfused_cells():
+    # Stage2Recipe.pruned_step_fraction: some steps fuse only m cells per device, so the grid
+    # head's reading of a cell's own (unfused) tokens gets a gradient; the option is restored
+    # after the step and a recipe without it draws nothing from the step's rng.
+    from disac_ros.core.training.recipes import Stage2Recipe
+    from disac_ros.core.training.stage2 import fused_cells, pruned_cells
+    model = _relative_model().train()
+    off, always = Stage2Recipe(), Stage2Recipe(pruned_step_fraction=1.0, pruned_min_cells=4)
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert pruned_cells(model, off, rng) == 0 and rng.bit_generator.state == state
+    drawn = {pruned_cells(model, always, np.random.default_rng(s)) for s in range(50)}
+    assert drawn <= set(range(4, 32)) and len(drawn) > 5
+    g = torch.Generator().manual_seed(3)
+    feats, pose = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 3, generator=g) * 10
+    link = torch.tensor([10.0, 100.0]).expand(2, 4, 2)
+    present = torch.ones(2, 4, dtype=torch.bool)
+    grads = []
+    for cells in (0, 8):
+        model.zero_grad()
+        with fused_cells(model, cells):
+            assert model.max_cells_per_device == cells
+            model(feats, present, pose, link).prediction.logits.sum().backward()
+        assert model.max_cells_per_device == 0
+        grads.append(model.head.net[1].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+    with pytest.raises(Exception, match='pruned_step_fraction'):
+        Stage2Recipe(pruned_step_fraction=1.5)
+
+
 def test_geometry_must_be_known():
     with pytest.raises(Exception, match='geometry'):
         TRAMConfig(geometry='polar')

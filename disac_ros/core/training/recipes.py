@@ -198,8 +198,17 @@ class Stage2Recipe:
     # aggregator only, in place of loss.object_class_weights (empty = those): the device
     # networks keep their own loss.
     object_class_weights: tuple[float, ...] = ()
+    # Fraction of steps on which TRAM fuses only the m likeliest cells of each device, m drawn
+    # uniformly from [pruned_min_cells, cells), as TRAM.max_fused_cells does for large groups at
+    # run time; the cells left out are read by the grid head from their own tokens, which a
+    # model trained only on full grids never learned. 0 = every step fuses every cell.
+    pruned_step_fraction: float = 0.0
+    pruned_min_cells: int = 16
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.pruned_step_fraction <= 1.0, 'pruned_step_fraction',
+               'must be in [0, 1]')
+        _check(self.pruned_min_cells >= 1, 'pruned_min_cells', 'must be >= 1')
         _check(all(w >= 0 for w in self.object_class_weights), 'object_class_weights',
                'must be numbers >= 0')
         _check(set(self.decoder_aggregators) <= set(DECODER_KINDS), 'decoder_aggregators',

@@ -17,10 +17,11 @@ trained on a decoder other than the variant's own, for the decoder comparison): 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from disac_ros.core.training import common
 from disac_ros.core.training.data import AggregatorLabels, collate_targets
 from disac_ros.core.training.decoder import load_decoder, load_exports
 from disac_ros.core.training.logging import LossLog, progress
-from disac_ros.core.training.recipes import Recipe
+from disac_ros.core.training.recipes import Recipe, Stage2Recipe
 
 
 def stage2_dir(out: str | Path, modalities: str, aggregator: str, decoder_kind: str = '') -> Path:
@@ -206,7 +207,8 @@ def train_step(model: TRAM, opt: torch.optim.Optimizer, params: Sequence[torch.n
     present_t = torch.as_tensor(present)
     pose = fleet.pose[idx]
     slots = torch.as_tensor(fleet.slots, dtype=torch.long, device=dev).expand(b, k)
-    out_ = model(feats.to(dev), present_t.to(dev), pose.to(dev), link.to(dev), slots)
+    with fused_cells(model, pruned_cells(model, r2, rng)):
+        out_ = model(feats.to(dev), present_t.to(dev), pose.to(dev), link.to(dev), slots)
     # Pose and presence stay on the CPU for the criterion: its cell assignment runs there.
     loss_d = criterion(out_.prediction, targets, pose=pose, present=present_t, sensed=sensed)
     common.set_lr(opt, step, r2.warmup_steps, total, r2.lr_schedule, r2.decay_steps)
@@ -215,6 +217,32 @@ def train_step(model: TRAM, opt: torch.optim.Optimizer, params: Sequence[torch.n
     torch.nn.utils.clip_grad_norm_(params, r2.grad_clip)
     opt.step()
     return loss_d
+
+
+def pruned_cells(model: TRAM, r2: Stage2Recipe, rng: np.random.Generator) -> int:
+    """Cells per device this step fuses (``Stage2Recipe.pruned_step_fraction``); 0 = all.
+    Draws from ``rng`` only when pruning is on, so recipes without it replay unchanged."""
+    grid = getattr(model, 'grid', None)
+    if r2.pruned_step_fraction <= 0.0 or grid is None:
+        return 0
+    cells = grid.num_cells
+    if rng.random() >= r2.pruned_step_fraction or r2.pruned_min_cells >= cells:
+        return 0
+    return int(rng.integers(r2.pruned_min_cells, cells))
+
+
+@contextlib.contextmanager
+def fused_cells(model: TRAM, cells: int) -> Iterator[None]:
+    """Run the block with ``model.max_cells_per_device = cells`` (0 = unchanged), then restore."""
+    if cells <= 0 or not hasattr(model, 'max_cells_per_device'):
+        yield
+        return
+    before = model.max_cells_per_device
+    model.max_cells_per_device = cells
+    try:
+        yield
+    finally:
+        model.max_cells_per_device = before
 
 
 def decode_fleet(fleet: FleetExports, idx: torch.Tensor, decoder: torch.nn.Module,
