@@ -83,7 +83,7 @@ PARAMS = (
           choices=('shipped',) + DECODER_KINDS),
     Param('llm_source', '', "LLM backbone for an LLM decoder ('' = the recipe's)"),
     Param('threads', 1, 'torch CPU threads', minimum=1, maximum=64),
-    Param('max_fused_cells', 0, 'TRAM fuses at most this many polar cells over all the devices of a '
+    Param('max_fused_cells', 512, 'TRAM fuses at most this many polar cells over all the devices of a '
           'group, the likeliest max_fused_cells // K of each (the others keep their own reading); '
           '512 = exact up to 4 devices, then the cost stops growing with the square of K. 0 = every cell',
           minimum=0, maximum=1 << 20),
