@@ -193,10 +193,15 @@ def test_sim_killing_a_device_keeps_tracks_and_a_restart_rejoins(sim):
     assert m, proc.tail()
     os.kill(int(m.group(1)), signal.SIGKILL)
     t_kill = time.monotonic()
-    # After the active timeout (1 s) groups are fused without dev1, and tracks keep coming.
-    assert obs.wait_until(lambda: (time.monotonic() - t_kill > 3.0
-                                   and len(weight_devices(obs, t_kill + 2.0)) > 0), 20)
-    assert weight_devices(obs, t_kill + 2.0) == {'dev0', 'dev2'}
+    # After the active timeout (1 s) groups are fused without dev1, and tracks keep coming. On a
+    # loaded machine the aggregator may still be publishing groups stamped before the kill, so
+    # wait for the newest three fused groups, not for everything received 2 s after it.
+    def newest_groups() -> list[set[str]]:
+        return [set(m.device_ids) for t, m in obs.messages('/aggregator/weights')
+                if t >= t_kill + 2.0][-3:]
+    assert obs.wait_until(lambda: (len(newest_groups()) == 3
+                                   and all(g == {'dev0', 'dev2'} for g in newest_groups())), 30), \
+        newest_groups()
     assert obs.wait_until(lambda: len([1 for r, _ in obs.messages('/aggregator/tracks') if r > t_kill + 2.0]) >= 3,
                           15)
     assert proc.proc.poll() is None                                 # the runner and the rest live on
