@@ -222,10 +222,9 @@ def train_step(model: TRAM, opt: torch.optim.Optimizer, params: Sequence[torch.n
 def pruned_cells(model: TRAM, r2: Stage2Recipe, rng: np.random.Generator) -> int:
     """Cells per device this step fuses (``Stage2Recipe.pruned_step_fraction``); 0 = all.
     Draws from ``rng`` only when pruning is on, so recipes without it replay unchanged."""
-    grid = getattr(model, 'grid', None)
-    if r2.pruned_step_fraction <= 0.0 or grid is None:
+    if r2.pruned_step_fraction <= 0.0 or model.grid is None:
         return 0
-    cells = grid.num_cells
+    cells = model.grid.num_cells
     if rng.random() >= r2.pruned_step_fraction or r2.pruned_min_cells >= cells:
         return 0
     return int(rng.integers(r2.pruned_min_cells, cells))
@@ -234,7 +233,7 @@ def pruned_cells(model: TRAM, r2: Stage2Recipe, rng: np.random.Generator) -> int
 @contextlib.contextmanager
 def fused_cells(model: TRAM, cells: int) -> Iterator[None]:
     """Run the block with ``model.max_cells_per_device = cells`` (0 = unchanged), then restore."""
-    if cells <= 0 or not hasattr(model, 'max_cells_per_device'):
+    if cells <= 0:
         yield
         return
     before = model.max_cells_per_device
