@@ -75,6 +75,13 @@ def test_recipe_errors_name_the_field(tmp_path: Path) -> None:
         Recipe.from_dict({'decoder': {'kinds': ['mlp'], 'shipped': 'device'}})
     with pytest.raises(ConfigError, match=r'stage2\.decoder_aggregators'):
         Recipe.from_dict({'stage2': {'decoder_aggregators': ['gpt']}})
+    shipped = load_recipe(Path(__file__).resolve().parents[1]
+                          / 'config/train_generalist_context_pruned.yaml').to_dict()
+    shipped['stage2']['pruned_min_cells'] = 128         # = the cells of the 8 x 16 grid
+    with pytest.raises(ConfigError, match=r'stage2\.pruned_min_cells: must be below the 128 cells'):
+        Recipe.from_dict(shipped)
+    shipped['stage2']['pruned_step_fraction'] = 0.0     # no pruned steps: the value is unused
+    Recipe.from_dict(shipped)
 
 
 def test_world_objects_are_expressed_in_the_device_frame() -> None:

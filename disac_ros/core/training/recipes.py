@@ -11,6 +11,7 @@ path (:class:`~disac_ros.core.errors.ConfigError`). The model sections reuse the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -325,6 +326,12 @@ class Recipe:
                 _check(tuple(head.polar_grid) == tuple(self.rvfn.polar_grid)
                        and head.max_range_m == self.rvfn.max_range_m, f'{name}.polar_grid',
                        'polar_grid and max_range_m must equal the rvfn ones')
+        if polar and self.stage2.pruned_step_fraction > 0:
+            # A pruned step keeps m in [pruned_min_cells, cells): with no such m it prunes nothing.
+            cells = math.prod(self.tram.head.polar_grid)
+            _check(self.stage2.pruned_min_cells < cells, 'stage2.pruned_min_cells',
+                   f'must be below the {cells} cells of tram.head.polar_grid '
+                   f'{list(self.tram.head.polar_grid)} when pruned_step_fraction > 0')
 
     # ------------------------------------------------------------------ (de)serialisation
     _MODEL_SECTIONS = {'rvfn': mc.RVFNConfig, 'head': mc.HeadConfig, 'encoder': mc.EncoderConfig,
