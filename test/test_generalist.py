@@ -202,5 +202,8 @@ def test_disac_eval_scores_sets_of_scenes_side_by_side(model, scenes, tmp_path):
     assert set(res) == {'unseen', 'seen'} and res['seen']['num_scenes'] == 3
     table = (out / 'scenes.md').read_text()
     assert '| | unseen | seen |' in table and 'accuracy, K = 1 (subsets)' in table
+    ref = res['unseen']['pooled']['disac']['all@10dB']     # every object: a class or a miss
+    assert sum(map(sum, ref['confusion'])) == ref['num_gt']
+    assert 'cyclist missed / wrong class (10 dB)' in table
     assert eval_cli.main(['--checkpoint', str(model), '--out', str(out), '--scenes',
                           'nothing']) == 2

@@ -30,7 +30,9 @@ SUMMARY_KEYS = ('accuracy', 'precision', 'recall', 'class_accuracy', 'position_r
 def _pooled_row(stats: DetectionStats) -> dict[str, Any]:
     s = stats.summary()
     row = {k: s[k] for k in SUMMARY_KEYS if k in s}
-    row['per_class_accuracy'] = stats.per_class()['per_class_accuracy']
+    per_class = stats.per_class()
+    row['per_class_accuracy'] = per_class['per_class_accuracy']
+    row['confusion'] = per_class['confusion']     # a miss (column 0) vs a wrong class
     return row
 
 
@@ -181,6 +183,15 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
     for cls in ('car', 'truck', 'pedestrian', 'cyclist'):
         rows.append((f'{cls} accuracy ({reference_snr_db:g} dB)',
                      [_f(get(n, ref).get('per_class_accuracy', {}).get(cls)) for n in names]))
+    def lost(name: str, c: int) -> str:     # a miss vs a wrong class: they need other fixes
+        conf = get(name, ref).get('confusion')
+        total = sum(conf[c]) if conf else 0
+        if not total:
+            return '—'
+        return f'{conf[c][0] / total:.2f} / {(total - conf[c][0] - conf[c][c]) / total:.2f}'
+    for c, cls in enumerate(('car', 'truck', 'pedestrian', 'cyclist'), start=1):
+        rows.append((f'{cls} missed / wrong class ({reference_snr_db:g} dB)',
+                     [lost(n, c) for n in names]))
     kmax = max((max(sweep[n] or [0]) for n in names), default=0)
     for k in range(1, kmax + 1):
         rows.append((f'accuracy, K = {k} (subsets)', [
