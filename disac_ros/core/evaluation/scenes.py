@@ -22,6 +22,7 @@ import numpy as np
 
 from disac_ros.core.evaluation.evaluate import Condition, load_recipe_of, prepare, run_condition
 from disac_ros.core.evaluation.metrics import DetectionStats
+from disac_ros.core.types import OBJECT_CLASSES
 
 SUMMARY_KEYS = ('accuracy', 'precision', 'recall', 'class_accuracy', 'position_rmse_m',
                 'velocity_rmse_m', 'num_gt')
@@ -180,16 +181,17 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
         size = f', {nbytes:.0f} B' if nbytes else ''
         rows.append((f'accuracy, all devices, {c[4:]} on the air{size}',
                      [_f(get(n, c).get('accuracy')) for n in names]))
-    for cls in ('car', 'truck', 'pedestrian', 'cyclist'):
+    for cls in OBJECT_CLASSES:
         rows.append((f'{cls} accuracy ({reference_snr_db:g} dB)',
                      [_f(get(n, ref).get('per_class_accuracy', {}).get(cls)) for n in names]))
+
     def lost(name: str, c: int) -> str:     # a miss vs a wrong class: they need other fixes
         conf = get(name, ref).get('confusion')
         total = sum(conf[c]) if conf else 0
         if not total:
             return '—'
         return f'{conf[c][0] / total:.2f} / {(total - conf[c][0] - conf[c][c]) / total:.2f}'
-    for c, cls in enumerate(('car', 'truck', 'pedestrian', 'cyclist'), start=1):
+    for c, cls in enumerate(OBJECT_CLASSES, start=1):     # class ids = the confusion's rows
         rows.append((f'{cls} missed / wrong class ({reference_snr_db:g} dB)',
                      [lost(n, c) for n in names]))
     kmax = max((max(sweep[n] or [0]) for n in names), default=0)
