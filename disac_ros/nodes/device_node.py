@@ -40,7 +40,7 @@ from disac_ros.nodes.model_loading import RetryingModelLoader
 from disac_ros.nodes.node_main import run_node
 from disac_ros.nodes.managed import AUTOSTART, ManagedNode
 from disac_ros.nodes.params import Param, declare_params, on_parameter_change
-from disac_ros.nodes.qos import qos_by_name, reliable_qos, sensor_qos
+from disac_ros.nodes.qos import qos_by_name, reliable_qos
 
 PARAMS = (
     Param('device_id', 'dev0', 'this device\'s id (must be configured at the aggregator)'),
@@ -54,6 +54,8 @@ PARAMS = (
                            'frame is not slowed by first-call costs'),
     Param('slop_s', 0.05, 'max |image stamp - RF stamp| for a pair (s)', minimum=0.0, read_only=False),
     Param('sensor_qos', 'sensor_data', 'QoS of the camera and RF subscriptions', choices=('sensor_data', 'reliable')),
+    Param('feature_qos', 'sensor_data', "QoS of the published features (a reliable link_node or aggregator "
+          "input needs 'reliable')", choices=('sensor_data', 'reliable')),
     Param('lifespan_s', 1.0, 'lifespan of published features (s); 0 = infinite', minimum=0.0),
     Param('bits', 4, 'quantisation bits per I/Q component on the air (4: 256 B per feature, as accurate '
           'as 8 bits: see docs/models.md)', minimum=2, maximum=8, read_only=False),
@@ -110,7 +112,7 @@ class DeviceNode(ManagedNode):
         for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose', 'processing_errors'):
             self.diag.set(key, 0.0)
         self._warn = LogThrottle(self).warning   # bad streams must not flood the log
-        out_qos = sensor_qos(5)
+        out_qos = qos_by_name(cfg['feature_qos'], depth=5)
         if cfg['lifespan_s'] > 0:
             out_qos = QoSProfile(history=out_qos.history, depth=out_qos.depth, reliability=out_qos.reliability,
                                  durability=out_qos.durability, lifespan=Duration(seconds=cfg['lifespan_s']))
