@@ -288,6 +288,25 @@ def test_wsd_schedule_is_constant_then_decays_over_the_last_steps():
     assert long_[-1] == pytest.approx(0.02)
 
 
+def test_federated_restart_keeps_the_first_cycle_and_warms_up_again():
+    from disac_ros.core.training.federated import round_lr
+    from disac_ros.core.training.recipes import Stage1Recipe
+    base = Stage1Recipe(rounds=60, local_steps=10, warmup_steps=50, lr=1.0, lr_schedule='wsd',
+                        decay_steps=200)
+    one = replace(quick_recipe(), stage1=base)
+    two = replace(quick_recipe(), stage1=replace(base, rounds=100, restart_rounds=(60,)))
+    first = [round_lr(one, r, 60) for r in range(60)]
+    again = [round_lr(two, r, 100) for r in range(100)]
+    # rounds 1-60 are the 60-round run (so it can be continued with --resume), ...
+    assert again[:60] == first and first[-1] == pytest.approx(0.02)
+    # ... then a second cycle of its own: warm-up (5 rounds) and a decay to 2 %.
+    assert again[60] == pytest.approx(0.2) and again[64] == pytest.approx(1.0)
+    assert again[-1] == pytest.approx(0.02) and all(a >= b for a, b in zip(again[64:], again[65:]))
+    for bad in ((60, 60), (0,), (100,), (70, 60)):
+        with pytest.raises(ConfigError, match='restart_rounds'):
+            replace(base, rounds=100, restart_rounds=bad)
+
+
 def test_wsd_schedule_needs_decay_steps():
     from disac_ros.core.training.recipes import ConfigError, Stage1Recipe, Stage2Recipe
     with pytest.raises(ConfigError, match='decay_steps'):

@@ -213,9 +213,13 @@ def round_lr(recipe: Recipe, rnd: int, rounds: int) -> float:
     warm = max(1, r1.warmup_steps // per)
     decay = max(1, r1.decay_steps // per) if r1.decay_steps else 0
 
+    # The cycle holding rnd (one cycle unless stage1.restart_rounds): its own warm-up and decay.
+    bounds = [0, *(r for r in r1.restart_rounds if r < rounds), rounds]
+    lo, hi = next((a, b) for a, b in zip(bounds, bounds[1:]) if rnd < b or b == rounds)
+
     class _Opt:
         param_groups = [{'lr': r1.lr}]
-    common.set_lr(_Opt, rnd, warm, rounds, r1.lr_schedule, decay)  # type: ignore[arg-type]
+    common.set_lr(_Opt, rnd - lo, warm, hi - lo, r1.lr_schedule, decay)  # type: ignore[arg-type]
     return float(_Opt.param_groups[0]['lr'])
 
 

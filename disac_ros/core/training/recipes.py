@@ -131,11 +131,21 @@ class Stage1Recipe:
     rounds: int = 100
     clients_per_round: int = 4
     local_steps: int = 20
+    # Rounds at which the federated LR schedule starts again (warm-up, stable, decay), e.g.
+    # [720] with rounds 920: rounds 1-720 are exactly a 720-round run, then a second 200-round
+    # cycle re-warms and decays again. So a finished run can be trained further, and the
+    # longer run is still what one command gives from scratch (every round is seeded by its
+    # number and starts from the previous round's weights).
+    restart_rounds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ('steps', 'batch_size', 'eval_every', 'checkpoint_every',
                      'proxy_decoder_hidden', 'rounds', 'clients_per_round', 'local_steps'):
             _check(getattr(self, name) >= 1, name, 'must be >= 1')
+        restarts = list(self.restart_rounds)
+        _check(all(isinstance(r, int) and 1 <= r < self.rounds for r in restarts)
+               and restarts == sorted(set(restarts)), 'restart_rounds',
+               f'must be increasing round numbers in [1, rounds = {self.rounds}), got {restarts}')
         _check(self.lr > 0, 'lr', 'must be > 0')
         _check_schedule(self.lr_schedule, self.decay_steps)
         _check(0.0 <= self.mirror_augment <= 1.0, 'mirror_augment', 'must be in [0, 1]')
