@@ -1,6 +1,6 @@
 """Offline fleet tracking: the ROS-free pipeline over a dataset split, scored like a recorded run.
 
-Run: ``python benchmarks/offline_tracking.py --data TEST_SPLIT [--model models/default]
+Run: ``python benchmarks/offline_tracking.py --data SPLIT_OR_FAMILY [...] [--model models/default]
 [--fading rayleigh] [--fusions weighted:2.5 nms:1.5] [--configs default ...]
 [--thresholds model 0.5 0.6 0.7]``.
 
@@ -94,11 +94,14 @@ def merge(detections: list[Detection], threshold: float, fusion: FusionConfig) -
     """The detections the aggregator would publish from these cached queries."""
     if not detections:
         return []
+    # Cached unmerged queries: each names the one device whose cell it is.
+    present = sorted(detections[0].present_devices)
+    source = np.array([present.index(next(iter(d.devices))) for d in detections])
     return merged_detections(np.array([d.confidence for d in detections]),
                              np.array([d.class_probabilities[1:] for d in detections]),
                              np.array([d.position[:2] for d in detections]),
                              np.array([d.velocity[:2] for d in detections]), threshold, fusion,
-                             detections[0].devices)
+                             present, source)
 
 
 def detection_metrics(frames: list[dict]) -> dict[str, float]:
@@ -135,6 +138,15 @@ def run_tracker(frames: list[dict], config: TrackerConfig, threshold: float,
     return score_tracks(scored)
 
 
+def dataset_folders(paths: list[str]) -> list[Path]:
+    """Each path itself, or a family folder's scene_* datasets."""
+    out = []
+    for p in map(Path, paths):
+        scenes = sorted(d for d in p.glob('scene_*') if (d / 'manifest.json').is_file())
+        out.extend(scenes if scenes and not (p / 'manifest.json').is_file() else [p])
+    return out
+
+
 def parse_config(name: str) -> TrackerConfig:
     """'default', 'fleet' or 'key=value;...' overrides of the defaults."""
     if name == 'default':
@@ -158,7 +170,9 @@ def parse_fusion(spec: str) -> FusionConfig:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--data', required=True, help='dataset split (sequential frames per seed)')
+    p.add_argument('--data', required=True, nargs='+',
+                   help='dataset splits (sequential frames per seed) or family folders (their scene_* '
+                        'datasets); all are pooled')
     p.add_argument('--model', default=str(Path(__file__).resolve().parents[1] / 'models' / 'default'),
                    help="model folder (default: this checkout's models/default)")
     p.add_argument('--fading', default='rayleigh', choices=('awgn', 'rayleigh'))
@@ -191,8 +205,9 @@ def main() -> int:
     model = find_model_dir(args.model)
     calibration = load_calibration(stage2_dir(model, 'both', 'tram'))
     t0 = time.perf_counter()
-    frames = detect_split(Path(args.data), model, args.fading, args.seed, args.max_frames,
-                          args.threads)
+    frames = [fr for folder in dataset_folders(args.data)
+              for fr in detect_split(folder, model, args.fading, args.seed, args.max_frames,
+                                     args.threads)]
     print(f'{len(frames)} frames through the fleet pipeline in {time.perf_counter() - t0:.0f} s '
           f'({args.fading}, SNR from distance)')
     det_cols = ('accuracy', 'precision', 'recall')
@@ -209,7 +224,7 @@ def main() -> int:
             else:
                 cal, label = Calibration(), f'{th:g}'
             merged = [dict(fr, detections=merge(fr['detections'], th, cal.fusion(
-                fusion, len(fr['detections'][0].devices) if fr['detections'] else 1)))
+                fusion, len(fr['detections'][0].present_devices) if fr['detections'] else 1)))
                       for fr in frames]
             d = detection_metrics(merged)
             dvals = ' | '.join(f'{d[c]:.3f}' for c in det_cols)

@@ -126,3 +126,14 @@ def test_per_class_settings_are_validated() -> None:
         FusionConfig(class_thresholds='high')
     with pytest.raises(ValueError, match='3 class weights for 4 classes'):
         fuse_detections(SCORE, PROBS, POS, VEL, 0.5, FusionConfig(class_weights=(1.0, 1.0, 1.0)))
+
+
+def test_detections_name_the_sources_of_their_reports() -> None:
+    source = np.array([0, 1, 1])            # the car by devices 0 and 1, the pedestrian by 1
+    fused = fuse_detections(SCORE, PROBS, POS, VEL, 0.5, FusionConfig('weighted', 2.5), source)
+    assert fused.sources == (frozenset({1}), frozenset({0, 1}))
+    nms = fuse_detections(SCORE, PROBS, POS, VEL, 0.5, FusionConfig('nms', 2.5), source)
+    assert nms.sources == (frozenset({1}), frozenset({0}))
+    assert fuse_detections(SCORE, PROBS, POS, VEL, 0.5).sources == ()
+    with pytest.raises(ValueError, match='source'):
+        fuse_detections(SCORE, PROBS, POS, VEL, 0.5, None, np.array([0, 1]))

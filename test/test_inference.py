@@ -88,7 +88,9 @@ def test_aggregator_batches_groups_and_masks_absent_devices(fake_model):
     for det in batched[0].detections:
         assert det.class_probabilities.shape == (NUM_CLASSES,) and det.class_probabilities[0] == 0
         assert det.class_probabilities.sum() == pytest.approx(1.0) and 0.2 <= det.confidence <= 1.0
-        assert det.devices == frozenset({'dev0', 'dev1', 'dev3'})
+        # The group's devices, and the ones whose cells reported this detection.
+        assert det.present_devices == frozenset({'dev0', 'dev1', 'dev3'})
+        assert det.devices and det.devices <= det.present_devices
 
 
 def test_unknown_link_side_information_is_derived(fake_model):

@@ -336,3 +336,22 @@ def test_merge_radius_coalesces_one_object_reported_twice():
 def test_merge_radius_is_validated():
     with pytest.raises(ConfigError, match='merge_radius_m'):
         TrackerConfig(merge_radius_m=-1.0)
+
+
+def test_uncorroborated_detection_needs_a_higher_confidence_to_start_a_track():
+    # One of two present devices reports an object at confidence 0.7: no track with the rule at
+    # 0.9; the same report by both devices, or by the only device present, starts one.
+    both, one = frozenset({'a', 'b'}), frozenset({'a'})
+    cfg = TrackerConfig(min_hits=1, uncorroborated_birth_confidence=0.9)
+    cases = [(one, both, 0), (both, both, 1), (one, one, 1), (one, frozenset(), 1)]
+    for devices, present, tracks in cases:
+        trk = MultiObjectTracker(cfg)
+        d = Detection(np.zeros(2), class_distribution(CAR, 0.9), confidence=0.7, devices=devices,
+                      present_devices=present)
+        assert len(trk.update(0.0, [d])) == tracks, (devices, present)
+    # ... and a confident lone report starts one.
+    trk = MultiObjectTracker(cfg)
+    assert len(trk.update(0.0, [Detection(np.zeros(2), class_distribution(CAR, 0.9), confidence=0.95,
+                                          devices=one, present_devices=both)])) == 1
+    with pytest.raises(ConfigError, match='uncorroborated_birth_confidence'):
+        TrackerConfig(uncorroborated_birth_confidence=1.5)

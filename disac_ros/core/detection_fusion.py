@@ -104,6 +104,9 @@ class FusedDetections:
     class_probs: np.ndarray     # (D, C) distribution over the real classes (sums to 1)
     position: np.ndarray        # (D, 2)
     velocity: np.ndarray        # (D, 2)
+    # Per detection, the sources (e.g. device indices) of its reports, when fuse_detections
+    # was given them; () otherwise.
+    sources: tuple[frozenset[int], ...] = ()
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
@@ -116,7 +119,8 @@ class FusedDetections:
 
 def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.ndarray,
                     velocity: np.ndarray, threshold: float,
-                    config: FusionConfig | None = None) -> FusedDetections:
+                    config: FusionConfig | None = None,
+                    source: np.ndarray | None = None) -> FusedDetections:
     """
     Merge per-query reports into detections (module doc).
 
@@ -125,6 +129,8 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
     :param position: (Q, 2) world positions; ``velocity``: (Q, 2).
     :param threshold: a detection is kept when its (fused) confidence is >= this (unless the
         config has ``class_thresholds``, which replace it).
+    :param source: optional (Q,) integer source of each query (the device whose cell it is);
+        the detections then say which sources their reports came from (``sources``).
     """
     cfg = config or FusionConfig()
     score = np.asarray(score, dtype=np.float64).reshape(-1)
@@ -142,15 +148,19 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
             raise ValueError(f'fuse_detections: {len(values)} {name} for {probs.shape[-1]} classes')
     if cfg.class_thresholds:
         threshold = min(cfg.class_thresholds)     # the per-class test comes after merging
+    src = None if source is None else np.asarray(source).reshape(-1)
+    if src is not None and src.shape != (q,):
+        raise ValueError(f'fuse_detections: source must have shape ({q},), got {src.shape}')
     probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
     if cfg.method == 'nms':
         keep = nms_keep(score, pos, threshold, cfg.radius_m)
-        return _per_class(FusedDetections(score[keep], probs[keep], pos[keep], vel[keep]), cfg)
+        sources = () if src is None else tuple(frozenset([int(src[i])]) for i in keep)
+        return _per_class(FusedDetections(score[keep], probs[keep], pos[keep], vel[keep], sources), cfg)
     order = np.argsort(-score, kind='stable')
     order = order[score[order] >= min(cfg.min_score, threshold)]
     free = np.zeros(score.shape[0], dtype=bool)
     free[order] = True
-    out: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+    out: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, frozenset[int]]] = []
     for seed in order:
         if not free[seed]:
             continue
@@ -162,12 +172,14 @@ def fuse_detections(score: np.ndarray, class_probs: np.ndarray, position: np.nda
         if confidence < threshold:
             continue
         w = w / w.sum()
-        out.append((confidence, w @ probs[members], w @ pos[members], w @ vel[members]))
+        out.append((confidence, w @ probs[members], w @ pos[members], w @ vel[members],
+                    frozenset() if src is None else frozenset(src[members].tolist())))
     if not out:
         c = probs.shape[1]
         return FusedDetections(np.zeros(0), np.zeros((0, c)), np.zeros((0, 2)), np.zeros((0, 2)))
     return _per_class(FusedDetections(np.array([o[0] for o in out]), np.stack([o[1] for o in out]),
-                                      np.stack([o[2] for o in out]), np.stack([o[3] for o in out])),
+                                      np.stack([o[2] for o in out]), np.stack([o[3] for o in out]),
+                                      () if src is None else tuple(o[4] for o in out)),
                       cfg)
 
 
@@ -182,4 +194,6 @@ def _per_class(fused: FusedDetections, cfg: FusionConfig) -> FusedDetections:
     keep = np.ones(len(fused), dtype=bool)
     if cfg.class_thresholds:
         keep = fused.score >= np.asarray(cfg.class_thresholds)[np.argmax(probs, axis=1)]
-    return FusedDetections(fused.score[keep], probs[keep], fused.position[keep], fused.velocity[keep])
+    sources = tuple(s for s, k in zip(fused.sources, keep) if k)
+    return FusedDetections(fused.score[keep], probs[keep], fused.position[keep], fused.velocity[keep],
+                           sources)

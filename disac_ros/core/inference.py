@@ -263,17 +263,25 @@ class AggregateResult:
 
 def merged_detections(score: np.ndarray, real_probs: np.ndarray, position: np.ndarray,
                       velocity: np.ndarray, threshold: float, fusion: FusionConfig,
-                      devices: frozenset[str]) -> list[Detection]:
+                      devices: Sequence[str] | frozenset[str],
+                      source: np.ndarray | None = None) -> list[Detection]:
     """Per-query reports (score (Q,), real-class probabilities (Q, C), positions and velocities
-    (Q, 2)) merged by ``fusion`` into the tracker's detections."""
-    fused = fuse_detections(score, real_probs, position, velocity, threshold, fusion)
+    (Q, 2)) merged by ``fusion`` into the tracker's detections.
+
+    ``devices`` are the group's devices; with ``source`` ((Q,) index into the ordered
+    ``devices`` of each query) every detection names the devices that reported it, else all.
+    """
+    fused = fuse_detections(score, real_probs, position, velocity, threshold, fusion, source)
+    present = frozenset(devices)
+    order = list(devices)
     kept: list[Detection] = []
     for q in range(len(fused)):
         dist = np.zeros(NUM_CLASSES)
         dist[1:1 + fused.class_probs.shape[1]] = fused.class_probs[q]
+        reporters = (frozenset(order[i] for i in fused.sources[q]) if fused.sources else present)
         kept.append(Detection(position=fused.position[q], class_probabilities=dist,
                               velocity=fused.velocity[q], confidence=float(fused.score[q]),
-                              devices=devices))
+                              devices=reporters, present_devices=present))
     return kept
 
 
@@ -458,7 +466,8 @@ class AggregatorPipeline:
         for gi, g in enumerate(groups):
             members = flat[n:n + len(g)]
             results.append(AggregateResult(
-                detections=self._detections(probs[gi], pos[gi], vel[gi], [p.device_id for p in members]),
+                detections=self._detections(probs[gi], pos[gi], vel[gi], [p.device_id for p in members],
+                                            probs.shape[1] // k),
                 device_ids=[p.device_id for p in members],
                 weights=[float(w) for w in weights[gi, :len(g)]],
                 snr_db=[s for s, _ in side[n:n + len(g)]],
@@ -467,7 +476,12 @@ class AggregatorPipeline:
         return results
 
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
-                    devices: list[str]) -> list[Detection]:
+                    devices: list[str], queries_per_device: int) -> list[Detection]:
         real = probs[:, 1:NUM_CLASSES]
+        # A device-frame TRAM's queries are each device slot's cells, slot after slot (group
+        # order; padded slots never score); other TRAMs' queries belong to no one device.
+        source = (np.arange(real.shape[0]) // queries_per_device
+                  if getattr(getattr(self.tram, 'config', None), 'detect_in_device_frame', False)
+                  else None)
         return merged_detections(real.max(-1), real, pos, vel, self.score_threshold,
-                                 self.fusion_for(len(devices)), frozenset(devices))
+                                 self.fusion_for(len(devices)), devices, source)

@@ -132,6 +132,12 @@ PARAMS = (
     Param('tracker_merge_radius_m', 0.0, 'override tracker merge_radius_m: a confirmed track this '
           'close to one with more hits is dropped, none is born this close (0 = keep; fewer '
           'duplicate tracks, fewer tracked objects)', minimum=0.0, read_only=False),
+    Param('tracker_birth_min_confidence', 0.0, 'override tracker birth_min_confidence: an unmatched '
+          'detection below this starts no track (0 = keep)', minimum=0.0, maximum=1.0, read_only=False),
+    Param('tracker_uncorroborated_birth_confidence', 0.0, 'override tracker '
+          'uncorroborated_birth_confidence: a detection only one of several present devices reported '
+          'starts a track only at this confidence (0 = keep; fewer false tracks, fewer tracked objects)',
+          minimum=0.0, maximum=1.0, read_only=False),
     Param('process_period_s', 0.05, 'how often groups still waiting for a device are checked against '
           'max_wait_s (s); a complete group is fused as soon as its last packet arrives', minimum=0.001),
 )
@@ -288,6 +294,9 @@ class AggregatorNode(ManagedNode):
             data['max_age_s'] = cfg['tracker_max_age_s']
         if cfg['tracker_merge_radius_m']:
             data['merge_radius_m'] = cfg['tracker_merge_radius_m']
+        for key in ('birth_min_confidence', 'uncorroborated_birth_confidence'):
+            if cfg[f'tracker_{key}']:
+                data[key] = cfg[f'tracker_{key}']
         return TrackerConfig.from_dict(data, source=cfg['tracker_file'] or None)
 
     def _fusion_config(self, cfg: dict | None = None) -> FusionConfig:
