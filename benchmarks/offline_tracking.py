@@ -39,6 +39,7 @@ import yaml  # noqa: E402
 
 from disac_ros.core.dataset import DisacDataset  # noqa: E402
 from disac_ros.core.detection_fusion import FusionConfig  # noqa: E402
+from disac_ros.core.family_dataset import load_scenes  # noqa: E402
 from disac_ros.core.evaluation.metrics import DetectionStats  # noqa: E402
 from disac_ros.core.inference import (  # noqa: E402
     AggregatorPipeline, DevicePipeline, find_model_dir, merged_detections, ReceivedPacket)
@@ -138,15 +139,6 @@ def run_tracker(frames: list[dict], config: TrackerConfig, threshold: float,
     return score_tracks(scored)
 
 
-def dataset_folders(paths: list[str]) -> list[Path]:
-    """Each path itself, or a family folder's scene_* datasets."""
-    out = []
-    for p in map(Path, paths):
-        scenes = sorted(d for d in p.glob('scene_*') if (d / 'manifest.json').is_file())
-        out.extend(scenes if scenes and not (p / 'manifest.json').is_file() else [p])
-    return out
-
-
 def parse_config(name: str) -> TrackerConfig:
     """'default', 'fleet' or 'key=value;...' overrides of the defaults."""
     if name == 'default':
@@ -205,8 +197,8 @@ def main() -> int:
     model = find_model_dir(args.model)
     calibration = load_calibration(stage2_dir(model, 'both', 'tram'))
     t0 = time.perf_counter()
-    frames = [fr for folder in dataset_folders(args.data)
-              for fr in detect_split(folder, model, args.fading, args.seed, args.max_frames,
+    frames = [fr for data in args.data for scene in load_scenes(data)
+              for fr in detect_split(scene.path, model, args.fading, args.seed, args.max_frames,
                                      args.threads)]
     print(f'{len(frames)} frames through the fleet pipeline in {time.perf_counter() - t0:.0f} s '
           f'({args.fading}, SNR from distance)')

@@ -339,6 +339,11 @@ class AggregatorPipeline:
             raise ConfigError('max_cells_per_device', f'must be >= 0, got {max_cells_per_device}')
         if max_fused_cells < 0:
             raise ConfigError('max_fused_cells', f'must be >= 0, got {max_fused_cells}')
+        # A device-frame TRAM's queries are each device slot's cells, slot after slot (group
+        # order; padded slots never score), so each query has a source device; other
+        # aggregators' queries belong to no one device.
+        self._queries_by_device = bool(getattr(getattr(self.tram, 'config', None),
+                                               'detect_in_device_frame', False))
         if hasattr(self.tram, 'max_cells_per_device'):
             self.tram.max_cells_per_device = int(max_cells_per_device)
             self.tram.max_fused_cells = int(max_fused_cells)
@@ -478,10 +483,6 @@ class AggregatorPipeline:
     def _detections(self, probs: np.ndarray, pos: np.ndarray, vel: np.ndarray,
                     devices: list[str], queries_per_device: int) -> list[Detection]:
         real = probs[:, 1:NUM_CLASSES]
-        # A device-frame TRAM's queries are each device slot's cells, slot after slot (group
-        # order; padded slots never score); other TRAMs' queries belong to no one device.
-        source = (np.arange(real.shape[0]) // queries_per_device
-                  if getattr(getattr(self.tram, 'config', None), 'detect_in_device_frame', False)
-                  else None)
+        source = np.arange(real.shape[0]) // queries_per_device if self._queries_by_device else None
         return merged_detections(real.max(-1), real, pos, vel, self.score_threshold,
                                  self.fusion_for(len(devices)), devices, source)

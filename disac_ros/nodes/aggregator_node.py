@@ -290,12 +290,9 @@ class AggregatorNode(ManagedNode):
         if cfg['tracker_min_hits']:
             data['min_hits'] = cfg['tracker_min_hits']
             data['confirm_window'] = max(int(data.get('confirm_window', 5)), cfg['tracker_min_hits'])
-        if cfg['tracker_max_age_s']:
-            data['max_age_s'] = cfg['tracker_max_age_s']
-        if cfg['tracker_merge_radius_m']:
-            data['merge_radius_m'] = cfg['tracker_merge_radius_m']
-        for key in ('birth_min_confidence', 'uncorroborated_birth_confidence'):
-            if cfg[f'tracker_{key}']:
+        for key in ('max_age_s', 'merge_radius_m', 'birth_min_confidence',
+                    'uncorroborated_birth_confidence'):
+            if cfg[f'tracker_{key}']:          # 0 = keep the file's (or default) value
                 data[key] = cfg[f'tracker_{key}']
         return TrackerConfig.from_dict(data, source=cfg['tracker_file'] or None)
 
