@@ -17,8 +17,11 @@ Per condition (``LOSS`` percent, optionally ``@RATE`` such as ``0@1mbit`` or ``0
    then waits to see all K link publishers across the radio;
 2. ``--seconds`` of steady state from the first tracks: track rate, and ``disac-score-tracks``
    metrics of that window (ground truth from A's bag, tracks from B's: one wall clock);
-3. with ``--burst S``: S seconds of 100 % loss, then ``recovery_s`` = from the burst's end to the
-   first tracks message with tracks in it (and ``recovery_any_s`` to any tracks message);
+3. with ``--burst S``: once the last tracks message carries tracks (up to ``--burst-wait`` s
+   more; ``tracks_at_burst`` says how many), S seconds of 100 % loss, then ``recovery_s`` = from
+   the burst's end to the first tracks message with tracks in it (and ``recovery_any_s`` to any
+   tracks message). Burst only while something is tracked: otherwise ``recovery_s`` measures
+   when the scene next has a trackable object, not the recovery;
 4. counters: frames forwarded / dropped by the radio, packets sent by the link (``{dev}.out``),
    received, refused and lost in transit (sequence gaps) at the aggregator, DDS-reported losses.
 
@@ -257,6 +260,8 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
             gaps = [b['t'] - a['t'] for a, b in zip(steady, steady[1:])]
             result['max_gap_s'] = max(gaps) if gaps else math.nan
             if args.burst > 0:
+                remote.wait(lambda: (remote.of('tracks') or [{'n': 0}])[-1]['n'] > 0, args.burst_wait, alive)
+                result['tracks_at_burst'] = (remote.of('tracks') or [{'n': 0}])[-1]['n']
                 lab.burst(args.burst)
                 b_end = time.time() + args.burst
                 time.sleep(args.burst + args.recovery_window)
@@ -334,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--seconds', type=float, default=30.0, help='steady-state window per condition')
     p.add_argument('--burst', type=float, default=2.0, help='seconds of 100 %% loss after the window (0: none)')
     p.add_argument('--recovery-window', type=float, default=8.0, help='seconds observed after a burst')
+    p.add_argument('--burst-wait', type=float, default=20.0,
+                   help='seconds the burst may wait for a tracks message with tracks in it')
     p.add_argument('--num-devices', type=int, default=4)
     p.add_argument('--rate-hz', type=float, default=5.0)
     p.add_argument('--renderer', choices=('genesis', 'none'), default='genesis')

@@ -90,8 +90,10 @@ def test_fleet_across_a_30_percent_lossy_network_keeps_tracking_and_recovers_aft
     row = json.loads(out.read_text())['conditions'][0]
     assert row['crashed'] == []
     assert row['tracks_hz'] > 2.5                       # 5 Hz world; a group missing a device still fuses
-    # Tracks again within 3 s of the burst's end (15 frames of the 5 Hz world). Was 2 s; a
-    # clean-clone CI run on a loaded 2-core machine took 2.35 s.
+    # The burst came while something was tracked, and the tracks outlive it (the aggregator's
+    # tracker_outage_gap_s: a 2 s outage ages them 1 s): tracks again within 3 s of its end.
+    # Idle: 0.07-0.35 s (without the outage rule 0.4-2.4 s, 3.4 s in a loaded CI run: re-birth).
+    assert row['tracks_at_burst'] > 0, row
     assert row['recovery_s'] < 3.0
     assert row['packets_received'] > 0 and row['packets_lost'] > 0   # loss is seen and counted
     lost_share = row['packets_lost'] / (row['packets_lost'] + row['packets_received'])

@@ -148,6 +148,27 @@ def test_track_deleted_after_max_age_without_update():
     assert trk.update(1.0, []) == []          # 0.6 s > max_age_s
 
 
+def test_a_link_outage_ages_tracks_only_by_outage_gap_s():
+    # Hits every 0.1 s until 0.4 s, then nothing at all for 2.6 s (an outage), then an update
+    # without the target: with outage_gap_s = 0.5 the gap ages the track 0.5 s, not 2.6 s.
+    for gap, alive in ((0.0, False), (0.5, True)):
+        trk = MultiObjectTracker(TrackerConfig(max_misses=100, max_age_s=1.0, outage_gap_s=gap))
+        run_targets(trk, [(0.0, 0.0)], [(0.0, 0.0)], [CAR], 5)
+        assert len(trk.update(3.0, [])) == int(alive), gap
+    # Gaps up to outage_gap_s count in full: 0.4 s between updates is no outage.
+    trk = MultiObjectTracker(TrackerConfig(max_misses=100, max_age_s=1.0, outage_gap_s=0.5))
+    run_targets(trk, [(0.0, 0.0)], [(0.0, 0.0)], [CAR], 5)
+    assert [len(trk.update(t, [])) for t in (0.8, 1.2, 1.6)] == [1, 1, 0]
+    # The credit is for the outage, not for later updates: after it, time counts again.
+    trk = MultiObjectTracker(TrackerConfig(max_misses=100, max_age_s=1.0, outage_gap_s=0.5))
+    run_targets(trk, [(0.0, 0.0)], [(0.0, 0.0)], [CAR], 5)
+    assert len(trk.update(3.0, [])) == 1          # aged 0.5 s
+    assert len(trk.update(3.4, [])) == 1          # 0.9 s
+    assert trk.update(3.6, []) == []              # 1.1 s > max_age_s
+    with pytest.raises(ConfigError, match='outage_gap_s'):
+        TrackerConfig(outage_gap_s=-1.0)
+
+
 def test_false_alarms_never_become_confirmed_tracks():
     rng = np.random.default_rng(3)
     trk = MultiObjectTracker(TrackerConfig(min_hits=3, confirm_window=5))

@@ -16,7 +16,8 @@ Every call to :meth:`MultiObjectTracker.update` takes one batch of detections at
 5. runs the track life cycle: a tentative track is confirmed once it has ``min_hits`` hits among
    its first ``confirm_window`` updates (M-of-N) and deleted as soon as it no longer can be; a
    confirmed track is deleted after ``max_misses`` consecutive misses or when it has not been
-   updated for more than ``max_age_s`` seconds.
+   updated for more than ``max_age_s`` seconds, where a gap between updates longer than
+   ``outage_gap_s`` (nothing arrived at all) counts only ``outage_gap_s``.
 
 Track ids start at 1 and only ever increase (never reused, not even after :meth:`reset`).
 A track's class is the arg-max of class probabilities accumulated over its hits with exponential
@@ -175,6 +176,10 @@ class TrackerConfig:
     confirm_window: int = 5             # N of the M-of-N confirmation (updates since birth)
     max_misses: int = 5                 # consecutive misses that delete a confirmed track
     max_age_s: float = 2.0              # delete any track not updated for longer than this
+    # A gap between two updates longer than this (nothing at all arrived: a link outage, a
+    # paused bag) ages the tracks by only this much: it says nothing about whether the objects
+    # are still there. 0 = every second of every gap counts towards max_age_s.
+    outage_gap_s: float = 0.0
     class_decay: float = 0.9            # forgetting factor of the class votes per hit
     detection_probability: float = 0.9  # P(detected | exists), for the existence recursion
     false_alarm_probability: float = 0.1  # P(a detection lands on a non-existent track)
@@ -210,6 +215,7 @@ class TrackerConfig:
                               f'({self.confirm_window}), got {self.min_hits}')
         _check_number('max_misses', self.max_misses, low=1, integer=True)
         _check_number('max_age_s', self.max_age_s, low=0.0, low_open=True)
+        _check_number('outage_gap_s', self.outage_gap_s, low=0.0)
         _check_number('class_decay', self.class_decay, low=0.0, high=1.0, low_open=True)
         _check_number('detection_probability', self.detection_probability, low=0.0, high=1.0,
                       low_open=True, high_open=True)
@@ -262,6 +268,7 @@ class _TrackData:
     first_seen_s: float
     last_update_s: float
     devices: frozenset[str]
+    outage_credit_at_update_s: float = 0.0   # the tracker's outage credit at last_update_s
     state: TrackState = TrackState.TENTATIVE
     hits: int = 1
     age: int = 1
@@ -302,6 +309,7 @@ class MultiObjectTracker:
         self._tracks: list[_TrackData] = []
         self._next_id = 1
         self._last_t: float | None = None
+        self._outage_credit_s = 0.0     # gap time beyond outage_gap_s so far (ages no track)
         self._stats = TrackerStats()
         self._last_deleted: list[int] = []
 
@@ -363,6 +371,8 @@ class MultiObjectTracker:
             return self.tracks()
         dt = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
+        if self.config.outage_gap_s > 0.0 and dt > self.config.outage_gap_s:
+            self._outage_credit_s += dt - self.config.outage_gap_s
         self._stats.updates += 1
         self._last_deleted = []
 
@@ -547,6 +557,7 @@ class MultiObjectTracker:
         tr.hits += 1
         tr.misses = 0
         tr.last_update_s = t
+        tr.outage_credit_at_update_s = self._outage_credit_s
         tr.devices = m.devices
         tr.votes = self.config.class_decay * tr.votes + m.confidence * m.probs
         tr.votes[0] = 0.0
@@ -576,7 +587,8 @@ class MultiObjectTracker:
         votes = m.confidence * m.probs
         votes[0] = 0.0
         tr = _TrackData(id=self._next_id, x=x, P=P, votes=votes, existence=0.5 * m.confidence,
-                        first_seen_s=t, last_update_s=t, devices=m.devices)
+                        first_seen_s=t, last_update_s=t, devices=m.devices,
+                        outage_credit_at_update_s=self._outage_credit_s)
         self._next_id += 1
         self._stats.tracks_born += 1
         if cfg.min_hits <= 1:
@@ -596,7 +608,8 @@ class MultiObjectTracker:
                     tr.state = TrackState.DELETED   # can no longer reach M hits in N updates
             elif tr.misses >= cfg.max_misses:
                 tr.state = TrackState.DELETED
-            if t - tr.last_update_s > cfg.max_age_s:
+            unseen_s = t - tr.last_update_s - (self._outage_credit_s - tr.outage_credit_at_update_s)
+            if unseen_s > cfg.max_age_s:
                 tr.state = TrackState.DELETED
             if tr.state is TrackState.DELETED:
                 self._stats.tracks_deleted += 1

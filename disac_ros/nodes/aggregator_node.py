@@ -129,6 +129,9 @@ PARAMS = (
     Param('tracker_min_hits', 0, 'override tracker min_hits (0 = keep)', minimum=0, maximum=100,
           read_only=False),
     Param('tracker_max_age_s', 0.0, 'override tracker max_age_s (0 = keep)', minimum=0.0, read_only=False),
+    Param('tracker_outage_gap_s', 0.0, 'override tracker outage_gap_s: a gap with nothing received '
+          'longer than this (a link outage) ages the tracks only this much, so they outlive a short '
+          'outage (0 = keep)', minimum=0.0, read_only=False),
     Param('tracker_merge_radius_m', 0.0, 'override tracker merge_radius_m: a confirmed track this '
           'close to one with more hits is dropped, none is born this close (0 = keep; fewer '
           'duplicate tracks, fewer tracked objects)', minimum=0.0, read_only=False),
@@ -290,7 +293,7 @@ class AggregatorNode(ManagedNode):
         if cfg['tracker_min_hits']:
             data['min_hits'] = cfg['tracker_min_hits']
             data['confirm_window'] = max(int(data.get('confirm_window', 5)), cfg['tracker_min_hits'])
-        for key in ('max_age_s', 'merge_radius_m', 'birth_min_confidence',
+        for key in ('max_age_s', 'outage_gap_s', 'merge_radius_m', 'birth_min_confidence',
                     'uncorroborated_birth_confidence'):
             if cfg[f'tracker_{key}']:          # 0 = keep the file's (or default) value
                 data[key] = cfg[f'tracker_{key}']
