@@ -207,3 +207,37 @@ def test_disac_eval_scores_sets_of_scenes_side_by_side(model, scenes, tmp_path):
     assert 'cyclist missed / wrong class (10 dB)' in table
     assert eval_cli.main(['--checkpoint', str(model), '--out', str(out), '--scenes',
                           'nothing']) == 2
+
+
+def test_unimodal_baselines_train_the_same_way_and_are_compared_side_by_side(scenes, tmp_path):
+    """`baselines: [rf_only, camera_only]` in a device-agnostic recipe: each modality gets its
+    own shared network, decoder, TRAM and calibration in the same folder; `disac-eval --scenes
+    --methods rf_only camera_only` scores them beside the fusion on the same objects."""
+    from disac_ros.tools import eval_cli, train_cli
+    recipe = replace(quick(rounds=2, stage2_steps=4), baselines=('rf_only', 'camera_only'))
+    path = tmp_path / 'baselines.yaml'
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    out = tmp_path / 'model'
+    assert train_cli.main(['all', '--recipe', str(path), '--data', str(scenes['train']),
+                           '--val', str(scenes['val']), '--out', str(out), '--threads', '1',
+                           '--no-progress']) == 0
+    info = json.loads((out / 'model.json').read_text())
+    assert info['variants'] == ['both', 'rf', 'camera']
+    assert set(info['calibration']) == {'both_tram', 'rf_tram', 'camera_tram'}
+    for mod in ('rf', 'camera'):
+        assert (out / f'stage1/{mod}/shared/checkpoint/config.json').is_file()
+        assert (out / f'decoders/{mod}/mlp/checkpoint/config.json').is_file()
+        assert (out / f'stage2/{mod}_tram/calibration.json').is_file()
+        meta = json.loads((out / f'stage1/{mod}/shared/checkpoint/metadata.json').read_text())
+        assert meta['modalities'] == mod
+    res_dir = tmp_path / 'res'
+    assert eval_cli.main(['--checkpoint', str(out), '--out', str(res_dir), '--scenes',
+                          f'unseen={scenes["val"]}', '--snr', '10', '--max-frames', '4',
+                          '--threads', '1', '--methods', 'rf_only', 'camera_only']) == 0
+    res = json.loads((res_dir / 'scenes.json').read_text())['unseen']['pooled']
+    assert {'disac', 'rf_only', 'camera_only'} <= set(res)
+    # The same ground truth for every method: the objects any present device senses.
+    assert len({res[m]['all@10dB']['num_gt'] for m in ('disac', 'rf_only', 'camera_only')}) == 1
+    table = (res_dir / 'scenes.md').read_text()
+    assert '## Methods' in table and '| rf_only | accuracy, 10dB |' in table
+    assert '| camera_only | position RMSE (m), 10dB |' in table

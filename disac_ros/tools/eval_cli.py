@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', help='test split (a disac-dataset folder from unseen seeds)')
     p.add_argument('--quick', action='store_true',
                    help="use the quick recipe's sweeps (fewer SNRs, K and frames)")
-    p.add_argument('--methods', nargs='+', help='subset of methods (default: all)')
+    p.add_argument('--methods', nargs='+', help='subset of methods (default: all; with --scenes: '
+                   'disac and these, e.g. rf_only camera_only, if the model folder has them)')
     p.add_argument('--max-frames', type=int, help='limit test frames (0 = all)')
     p.add_argument('--test-seeds', type=int, nargs='+', default=[900],
                    help='seeds for a generated test split when --data is absent')
@@ -119,8 +120,15 @@ def _test_data(args: argparse.Namespace, ckpt: Path) -> Path:
 
 def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     """--scenes: each set scored pooled over its scenes; JSON + a side-by-side table."""
-    from disac_ros.core.evaluation.scenes import evaluate_scenes, plot_bytes_curve, side_by_side
+    from disac_ros.core.evaluation.evaluate import METHODS
+    from disac_ros.core.evaluation.scenes import (evaluate_scenes, methods_table,
+                                                  plot_bytes_curve, side_by_side)
     from disac_ros.core.family_dataset import load_scenes
+    # 'disac' always first: the side-by-side table, the calibration and the logs follow it.
+    methods = ['disac'] + [m for m in (args.methods or []) if m != 'disac']
+    bad = sorted(set(methods) - set(METHODS))
+    if bad:
+        raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
     sets = {}
     for item in args.scenes:
         name, sep, folder = item.partition('=')
@@ -138,17 +146,26 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
                                         max_fused_cells=args.max_fused_cells,
                                         max_frames=args.max_frames or 0,
                                         calibrated=not args.uncalibrated, recipe=recipe,
+                                        methods=methods,
                                         log=lambda m: print(f'  {m}', file=sys.stderr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'scenes.json').write_text(json.dumps(results, indent=1, default=float))
     table = side_by_side(results, reference_snr_db=getattr(recipe, 'eval').reference_snr_db)
+    compare = methods_table(results, methods, getattr(recipe, 'eval').reference_snr_db)
+    missing = [m for m in methods if not any(r['pooled'].get(m) for r in results.values())]
+    if missing:
+        print(f'{PROG}: no models for {missing} in {ckpt} (skipped)', file=sys.stderr)
     (out / 'scenes.md').write_text(f'# {ckpt} on {", ".join(results)}\n\n'
                                    f'## Generalisation (sets side by side; pooled over each '
-                                   f'set\'s scenes)\n\n' + table)
+                                   f'set\'s scenes)\n\n' + table
+                                   + (f'\n## Methods (every device present)\n\n{compare}'
+                                      if compare else ''))
     if plot_bytes_curve(results, out / 'bytes_curve.png'):
         print(f'{PROG}: accuracy vs bytes plotted in {out / "bytes_curve.png"}', file=sys.stderr)
     print(table)
+    if compare:
+        print(compare)
     return 0
 
 

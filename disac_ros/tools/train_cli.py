@@ -381,10 +381,14 @@ def cmd_calibrate(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     from disac_ros.core.training.calibration import calibrate_model, calibrate_scenes
     from disac_ros.core.training.stage1 import is_device_agnostic
     if is_device_agnostic(args.out):
-        from disac_ros.core.training.generalist import load_scene_list
-        cal = calibrate_scenes(args.out, load_scene_list(args.val), recipe=recipe, log=print)
-        update_model_json(Path(args.out), calibration={'both_tram': cal})
-        return {'calibrated': [cal]}
+        from disac_ros.core.training.generalist import BASELINE_METHOD, load_scene_list
+        scenes = load_scene_list(args.val)
+        variants = json.loads((Path(args.out) / MODEL_JSON).read_text()).get('variants', ['both'])
+        cals = {f'{m}_tram': calibrate_scenes(args.out, scenes, recipe=recipe, log=print,
+                                              method=BASELINE_METHOD[m])
+                for m in variants if m in BASELINE_METHOD}
+        update_model_json(Path(args.out), calibration=cals)
+        return {'calibrated': list(cals.values())}
     done = calibrate_model(args.out, _open(args.val), recipe=recipe, log=print)
     update_model_json(Path(args.out), calibration={Path(d['folder']).name: {
         k: d[k] for k in ('class_weights', 'class_thresholds', 'accuracy_before', 'accuracy_after',

@@ -204,6 +204,33 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
     return '\n'.join(head + [f'| {label} | ' + ' | '.join(v) + ' |' for label, v in rows]) + '\n'
 
 
+def methods_table(results: dict[str, dict[str, Any]], methods: Sequence[str],
+                  reference_snr_db: float = 10.0) -> str:
+    """Markdown: the paper's comparison on every set: accuracy, position and velocity RMSE (and
+    precision / recall) of each method with every device present at the reference SNR and at
+    0 dB. Empty when fewer than two methods ran."""
+    names = list(results)
+    ran = [m for m in methods if any(results[n]['pooled'].get(m) for n in names)]
+    if len(ran) < 2:
+        return ''
+    ref = f'all@{reference_snr_db:g}dB'
+    conds = [ref] + sorted({c for n in names for m in ran for c in results[n]['pooled'].get(m, {})
+                            if c.startswith('all@') and c != ref and '/' not in c},
+                           key=lambda c: float(c[4:-2]))
+    lines = ['| method | metric | ' + ' | '.join(names) + ' |', '|---|---|' + '---|' * len(names)]
+    for m in ran:
+        for c in conds:
+            snr = c[4:]
+            metrics = (('accuracy', 'accuracy', 3), ('precision', 'precision', 3),
+                       ('recall', 'recall', 3), ('position_rmse_m', 'position RMSE (m)', 2),
+                       ('velocity_rmse_m', 'velocity RMSE (m/s)', 2)) if c == ref \
+                else (('accuracy', 'accuracy', 3),)
+            for key, label, nd in metrics:
+                vals = [_f(results[n]['pooled'].get(m, {}).get(c, {}).get(key), nd) for n in names]
+                lines.append(f'| {m} | {label}, {snr} | ' + ' | '.join(vals) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def plot_bytes_curve(results: dict[str, dict[str, Any]], path: str | Path, method: str = 'disac') -> bool:
     """PNG of accuracy against payload bytes per device-frame (the ``.../<b>bit`` conditions), one
     line per set and SNR; False when there is nothing to plot."""

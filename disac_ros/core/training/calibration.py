@@ -382,14 +382,15 @@ def calibrate_model(model_dir: str | Path, val: Any, methods: Sequence[str] | No
 
 
 def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any = None,
-                     max_subsets: int = 4, log: Callable[[str], None] = print
-                     ) -> dict[str, Any]:
+                     max_subsets: int = 4, log: Callable[[str], None] = print,
+                     method: str = 'disac') -> dict[str, Any]:
     """
     :func:`calibrate_model` for a device-agnostic model on many validation scenes (each with
     its own devices, any number): the frames of every scene are pooled, per number of present
     devices k (up to ``max_subsets`` of each scene's k-device subsets), and fitted as above. The
     fit with every device of each scene present is the top level; each smaller k gets its own.
-    Only the shipped system's aggregator (``stage2/both_tram``) is calibrated.
+    ``method`` picks the aggregator: the shipped system's (``stage2/both_tram``, 'disac') or a
+    unimodal baseline's ('rf_only', 'camera_only').
     """
     from disac_ros.core.evaluation import evaluate as ev
     from disac_ros.core.training.generalist import subsets
@@ -401,9 +402,9 @@ def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any =
         ctx = ev.prepare(model_dir, sc.dataset, recipe, log=lambda _m: None, calibrations=False,
                          digital=False)
         rec = ctx.recipe.eval
-        key = ev.method_aggregator(ctx, 'disac')
+        key = ev.method_aggregator(ctx, method)
         if key is None:
-            raise ConfigError('out', f'{model_dir}: no shipped aggregator to calibrate')
+            raise ConfigError('out', f'{model_dir}: no {method} aggregator to calibrate')
         folder = ctx.aggregator_dirs[key]
         grid = _threshold_grid(rec)
         kmax = len(ctx.device_ids)
@@ -418,7 +419,7 @@ def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any =
             for subset in (subsets(kmax, k, max_subsets) if k < kmax else [tuple(range(kmax))]):
                 cond = ev.Condition('calibration', rec.reference_snr_db, rec.reference_fading,
                                     list(subset), rec.nominal_distance_m)
-                ev.run_condition(ctx, 'disac', cond, calibrated=False,
+                ev.run_condition(ctx, method, cond, calibrated=False,
                                  threshold=min(grid[0], rec.score_threshold), on_frame=keep)
     if rec is None or folder is None or 'all' not in pooled:
         raise ConfigError('val', 'no validation scenes to calibrate on')
@@ -426,7 +427,7 @@ def calibrate_scenes(model_dir: str | Path, scenes: Sequence[Any], recipe: Any =
     top, info = fits['all']
     by_k = {int(k): fits[k][0] for k in fits if k != 'all'}
     cal = Calibration(top.class_weights, top.class_thresholds, by_k)
-    info = {'fitted_on': [str(sc.dataset.root) for sc in scenes], 'method': 'disac',
+    info = {'fitted_on': [str(sc.dataset.root) for sc in scenes], 'method': method,
             'snr_db': rec.reference_snr_db, 'fading': rec.reference_fading,
             'distance_m': rec.nominal_distance_m, 'score_threshold': rec.score_threshold,
             'devices': 'all of each scene', 'scenes': len(scenes), **info}

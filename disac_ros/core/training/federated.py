@@ -104,7 +104,7 @@ class DeviceClient(_numpy_client_base()):  # type: ignore[misc]
 
     def _models(self) -> dict[str, torch.nn.Module]:
         from disac_ros.core.training.stage1 import build_device_models
-        return build_device_models(self.recipe, 'both')
+        return build_device_models(self.recipe, self.frames.modalities)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """Weights of a freshly initialised model (the server seeds its own instead)."""
@@ -248,7 +248,7 @@ def train_federated(clients: Sequence[DeviceClient], folder: str | Path, recipe:
     folder = Path(folder)
     ckpt_dir = folder / 'checkpoint'
     torch.manual_seed(recipe.seed * 1000 + 7)
-    models = build_device_models(recipe, 'both')
+    models = build_device_models(recipe, clients[0].frames.modalities)
     if initial is not None:
         load_model_state(models, model_state(initial))
     start = 0

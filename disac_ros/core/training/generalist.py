@@ -52,7 +52,8 @@ from disac_ros.core.training.stage1 import encode_frames, stage1_dir, validate
 from disac_ros.core.training.stage2 import (FleetExports, build_aggregator, score_fleet,
                                             stage2_dir, train_step)
 
-MODALITIES = 'both'
+MODALITIES = 'both'                 # the shipped system; 'rf' and 'camera': the unimodal baselines
+BASELINE_METHOD = {'both': 'disac', 'rf': 'rf_only', 'camera': 'camera_only'}
 MAX_VAL_FRAMES_PER_DEVICE = 12      # stage-1 validation: frames per validation device
 
 
@@ -80,7 +81,8 @@ def merge_frames(parts: Sequence[DeviceFrames], name: str = 'pooled') -> DeviceF
     return out
 
 
-def device_frames(scenes: Sequence[Any], limit: int = 0) -> list[tuple[str, str, DeviceFrames]]:
+def device_frames(scenes: Sequence[Any], limit: int = 0, modalities: str = MODALITIES
+                  ) -> list[tuple[str, str, DeviceFrames]]:
     """(scene name, device id, that device's own frames) for every device of every scene;
     ``limit`` > 0 keeps that many frames per device, spread over its run."""
     out = []
@@ -91,25 +93,25 @@ def device_frames(scenes: Sequence[Any], limit: int = 0) -> list[tuple[str, str,
             idx = None
             if limit > 0 and len(view) > limit:
                 idx = np.unique(np.linspace(0, len(view) - 1, limit).round().astype(int))
-            out.append((sc.name, dev, DeviceFrames(view, MODALITIES, indices=idx)))
+            out.append((sc.name, dev, DeviceFrames(view, modalities, indices=idx)))
     return out
 
 
 def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Recipe,
                         val_scenes: Sequence[Any] = (), resume: bool = False,
-                        show_progress: bool = True, log: Callable[[str], None] = print
-                        ) -> dict[str, Any]:
+                        show_progress: bool = True, log: Callable[[str], None] = print,
+                        modalities: str = MODALITIES) -> dict[str, Any]:
     """Federated stage 1 over every device of ``train_scenes``, then every device's exports
-    (train and val scenes). Returns the summary (also ``stage1/both/shared/summary.json``)."""
+    (train and val scenes). Returns the summary (also ``stage1/<modalities>/shared/summary.json``)."""
     common.set_threads(recipe.threads)
-    folder = stage1_dir(out, MODALITIES, SHARED_DEVICE)
+    folder = stage1_dir(out, modalities, SHARED_DEVICE)
     t0 = time.perf_counter()
-    train = device_frames(train_scenes)
+    train = device_frames(train_scenes, modalities=modalities)
     clients = [DeviceClient(f'{s}/{d}', fr, recipe) for s, d, fr in train]
     log(f'stage 1: {len(clients)} devices in {len(train_scenes)} scenes, '
         f'{sum(len(c.frames) for c in clients)} device-frames (loaded in '
         f'{time.perf_counter() - t0:.0f} s)')
-    val = device_frames(val_scenes, MAX_VAL_FRAMES_PER_DEVICE) if val_scenes else []
+    val = device_frames(val_scenes, MAX_VAL_FRAMES_PER_DEVICE, modalities) if val_scenes else []
     pooled = merge_frames([fr for _, _, fr in val]) if val else None
     criterion = build_criterion(recipe.loss, recipe.head)
     channel = WirelessChannel(recipe.channel)
@@ -118,7 +120,7 @@ def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Re
         assert pooled is not None
         return validate(models, pooled, recipe, criterion, channel)
 
-    meta = {'stage': 'stage1', 'device_id': SHARED_DEVICE, 'modalities': MODALITIES,
+    meta = {'stage': 'stage1', 'device_id': SHARED_DEVICE, 'modalities': modalities,
             'recipe': recipe.to_dict(), 'device_agnostic': True,
             'seeds': {'recipe_seed': recipe.seed,
                       'train_scene_seeds': [getattr(s, 'seed', None) for s in train_scenes]},
@@ -133,8 +135,9 @@ def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Re
     t1 = time.perf_counter()
     export_scenes(models, train, folder / 'exports' / 'train')
     if val_scenes:
-        export_scenes(models, device_frames(val_scenes), folder / 'exports' / 'val')
-    summary = {**res, 'device_id': SHARED_DEVICE, 'modalities': MODALITIES,
+        export_scenes(models, device_frames(val_scenes, modalities=modalities),
+                      folder / 'exports' / 'val')
+    summary = {**res, 'device_id': SHARED_DEVICE, 'modalities': modalities,
                'steps': res['rounds'] * res['clients_per_round'] * res['local_steps'],
                'export_s': round(time.perf_counter() - t1, 2)}
     common.write_json(folder / 'summary.json', summary)
@@ -151,9 +154,10 @@ def export_scenes(models: dict[str, torch.nn.Module], frames: Sequence[tuple[str
                     fr.pose)
 
 
-def scene_exports(out: str | Path, split: str, scene: str) -> dict[str, dict]:
+def scene_exports(out: str | Path, split: str, scene: str, modalities: str = MODALITIES
+                  ) -> dict[str, dict]:
     """device id -> export of one scene's devices."""
-    root = stage1_dir(out, MODALITIES, SHARED_DEVICE) / 'exports' / split / scene
+    root = stage1_dir(out, modalities, SHARED_DEVICE) / 'exports' / split / scene
     if not root.is_dir():
         raise ConfigError('stage1', f'{root}: no exports for scene {scene!r} ({split}); run '
                                     'stage 1 on this data first')
@@ -161,15 +165,16 @@ def scene_exports(out: str | Path, split: str, scene: str) -> dict[str, dict]:
 
 
 def collect_shared_decoder(out: str | Path, recipe: Recipe,
-                           val_scenes: Sequence[Any] = ()) -> dict[str, Any]:
+                           val_scenes: Sequence[Any] = (), modalities: str = MODALITIES
+                           ) -> dict[str, Any]:
     """Ship the shared encoder's stage-1 partner decoder as the receiver's one decoder
-    (``decoders/both/mlp``), with its validation NMSE per SNR and fading."""
+    (``decoders/<modalities>/mlp``), with its validation NMSE per SNR and fading."""
     from disac_ros.core.training.stage1 import load_device_models
-    models = load_device_models(out, MODALITIES, SHARED_DEVICE)
+    models = load_device_models(out, modalities, SHARED_DEVICE)
     dec = models['proxy_decoder']
     split = 'val' if val_scenes else 'train'
     sym, feat = [], []
-    root = stage1_dir(out, MODALITIES, SHARED_DEVICE) / 'exports' / split
+    root = stage1_dir(out, modalities, SHARED_DEVICE) / 'exports' / split
     for p in sorted(root.glob('*/*.npz')):
         e = load_export(p)
         sym.append(e['symbols'])
@@ -180,13 +185,13 @@ def collect_shared_decoder(out: str | Path, recipe: Recipe,
     x, f = np.concatenate(sym), np.concatenate(feat)
     pick = rng.choice(len(x), size=min(len(x), recipe.decoder.val_packets), replace=False)
     val_nmse = validate_decoder(dec, x[pick], f[pick], recipe, recipe.eval.seed)
-    summary = {'kind': 'mlp', 'modalities': MODALITIES, 'steps_done': 0, 'resumed_from': 0,
+    summary = {'kind': 'mlp', 'modalities': modalities, 'steps_done': 0, 'resumed_from': 0,
                'source': 'the shared stage-1 decoder (trained end to end with the shared '
                          'encoder, federated)', 'val_nmse_db': val_nmse,
                'trainable_params': sum(p.numel() for p in dec.parameters())}
-    folder = decoder_dir(out, MODALITIES, 'mlp')
+    folder = decoder_dir(out, modalities, 'mlp')
     save_checkpoint(folder / 'checkpoint', {'decoder': dec},
-                    {'stage': 'decoder', 'kind': 'mlp', 'modalities': MODALITIES,
+                    {'stage': 'decoder', 'kind': 'mlp', 'modalities': modalities,
                      'recipe': recipe.to_dict(), 'device_agnostic': True, 'metrics': summary})
     common.write_json(folder / 'summary.json', summary)
     return summary
@@ -201,12 +206,13 @@ class SceneFleet:
     fleet: FleetExports
 
 
-def scene_fleets(scenes: Sequence[Any], out: str | Path, split: str) -> list[SceneFleet]:
+def scene_fleets(scenes: Sequence[Any], out: str | Path, split: str,
+                 modalities: str = MODALITIES) -> list[SceneFleet]:
     """Labels + exports of every scene (no raw sensor data is read)."""
     res = []
     for sc in scenes:
         labels = AggregatorLabels(sc.dataset)
-        fleet = FleetExports.from_exports(scene_exports(out, split, sc.name),
+        fleet = FleetExports.from_exports(scene_exports(out, split, sc.name, modalities),
                                           sc.dataset.device_ids, len(labels))
         res.append(SceneFleet(sc.name, labels, fleet))
     return res
@@ -215,7 +221,8 @@ def scene_fleets(scenes: Sequence[Any], out: str | Path, split: str) -> list[Sce
 def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Recipe,
                         val_scenes: Sequence[Any] = (), resume: bool = False,
                         show_progress: bool = True, steps: int | None = None,
-                        fresh_optimizer: bool = False) -> dict[str, Any]:
+                        fresh_optimizer: bool = False, modalities: str = MODALITIES
+                        ) -> dict[str, Any]:
     """TRAM over decoded features of many scenes: each step draws one scene (by frame count)
     and a batch of its frames, sends every device's symbols over fresh random links, decodes
     them with the shared decoder, drops devices at random (>= 1 kept) and trains TRAM on the
@@ -224,14 +231,14 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
     common.set_threads(recipe.threads)
     r2 = recipe.stage2
     total = int(steps if steps is not None else r2.steps)
-    train = scene_fleets(train_scenes, out, 'train')
-    val = scene_fleets(val_scenes, out, 'val') if val_scenes else []
+    train = scene_fleets(train_scenes, out, 'train', modalities)
+    val = scene_fleets(val_scenes, out, 'val', modalities) if val_scenes else []
     weights = np.array([len(s.labels) for s in train], dtype=np.float64)
     weights /= weights.sum()
-    decoder = load_decoder(out, MODALITIES, 'mlp', recipe)
+    decoder = load_decoder(out, modalities, 'mlp', recipe)
     for p in decoder.parameters():
         p.requires_grad_(False)
-    folder = stage2_dir(out, MODALITIES, 'tram')
+    folder = stage2_dir(out, modalities, 'tram')
     ckpt_dir = folder / 'checkpoint'
     torch.manual_seed(recipe.seed + 11)
     model = build_aggregator(recipe, 'tram')
@@ -244,20 +251,20 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
     log = LossLog(folder, resume_from=start if resume else None)
     criterion = build_criterion(stage2_loss(recipe), recipe.tram.head)
     channel = WirelessChannel(recipe.channel)
-    meta = {'stage': 'stage2', 'modalities': MODALITIES, 'aggregator': 'tram', 'decoder': 'mlp',
+    meta = {'stage': 'stage2', 'modalities': modalities, 'aggregator': 'tram', 'decoder': 'mlp',
             'devices': [SHARED_DEVICE], 'device_agnostic': True, 'recipe': recipe.to_dict(),
             'seeds': {'recipe_seed': recipe.seed},
             'data': {'train_scenes': [s.name for s in train]},
             'inputs': 'device exports (symbols, pose) + world-frame labels; no raw sensor data'}
     metrics: dict[str, Any] = {}
     t0 = time.perf_counter()
-    bar = progress(total, start, f'stage2 tram ({len(train)} scenes)', show_progress)
+    bar = progress(total, start, f'stage2 {modalities}/tram ({len(train)} scenes)', show_progress)
     for step in range(start, total):
         model.train()
         rng = common.step_rng(recipe.seed, 'stage2', step)
         sc = train[int(rng.choice(len(train), p=weights))]
         loss_d = train_step(model, opt, params, criterion, sc.labels, sc.fleet, decoder,
-                            channel, recipe, MODALITIES, rng, step, total)
+                            channel, recipe, modalities, rng, step, total)
         loss = loss_d['loss']
         done = step + 1
         row = {'step': step, 'scene': sc.name, 'devices': len(sc.fleet.device_ids),
@@ -266,7 +273,7 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
                'loss_position': loss_d['loss_position'].item(),
                'elapsed_s': round(log.elapsed(), 2)}
         if val and (done % r2.eval_every == 0 or done == total):
-            metrics = validate_scenes(model, decoder, val, recipe)
+            metrics = validate_scenes(model, decoder, val, recipe, modalities)
             row.update({f'val_{key}': v for key, v in metrics.items()})
         log.write(row)
         bar.update(1)
@@ -280,7 +287,7 @@ def train_shared_stage2(train_scenes: Sequence[Any], out: str | Path, recipe: Re
         metrics = dict(saved.get('metrics') or {})
     rows = log.read()
     n10 = max(1, len(rows) // 10)
-    summary = {'modalities': MODALITIES, 'aggregator': 'tram', 'decoder': 'mlp',
+    summary = {'modalities': modalities, 'aggregator': 'tram', 'decoder': 'mlp',
                'steps': total, 'resumed_from': start, 'scenes': len(train),
                'wall_s': round(time.perf_counter() - t0, 2),
                'loss_first': float(np.mean([r['loss'] for r in rows[:n10]])) if rows else None,
@@ -300,27 +307,37 @@ def stage2_loss(recipe: Recipe) -> Any:
 
 @torch.no_grad()
 def validate_scenes(model: torch.nn.Module, decoder: torch.nn.Module,
-                    scenes: Sequence[SceneFleet], recipe: Recipe) -> dict[str, float]:
+                    scenes: Sequence[SceneFleet], recipe: Recipe,
+                    modalities: str = MODALITIES) -> dict[str, float]:
     """World-frame detection metrics pooled over scenes: every device present, 10 dB Rayleigh
     at the nominal distance, the recipe's single threshold."""
     model.eval()
     stats = DetectionStats(recipe.eval.match_gate_m, recipe.eval.fusion_config())
     gen = torch.Generator().manual_seed(recipe.eval.seed)
     for sc in scenes:        # one noise stream across the scenes
-        score_fleet(model, decoder, sc.labels, sc.fleet, recipe, MODALITIES, stats, gen)
+        score_fleet(model, decoder, sc.labels, sc.fleet, recipe, modalities, stats, gen)
     s = stats.summary()
     return {key: s[key] for key in ('accuracy', 'precision', 'recall', 'position_rmse_m')}
 
 
-def write_model_json(out: str | Path, recipe: Recipe, extra: dict[str, Any]) -> dict[str, Any]:
+def write_model_json(out: str | Path, recipe: Recipe, extra: dict[str, Any],
+                     variants: Sequence[str] = (MODALITIES,)) -> dict[str, Any]:
     """``model.json`` and ``recipe.json`` of a device-agnostic model folder."""
     out = Path(out)
     data = {'format': 'disac_ros.model', 'format_version': 1, 'devices': [SHARED_DEVICE],
-            'device_agnostic': True, 'shipped_decoder': 'mlp', 'variants': [MODALITIES],
+            'device_agnostic': True, 'shipped_decoder': 'mlp', 'variants': list(variants),
             **extra}
     common.write_json(out / 'model.json', data)
     common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
     return data
+
+
+def baseline_variants(recipe: Recipe) -> list[str]:
+    """The variants ``train_all_shared`` trains: the shipped fusion ('both') first, then the
+    unimodal baselines the recipe asks for (``baselines: [rf_only, camera_only]``), each a
+    shared network of its own trained the same way on the same scenes."""
+    return [MODALITIES] + [m for m, method in BASELINE_METHOD.items()
+                           if m != MODALITIES and method in recipe.baselines]
 
 
 def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
@@ -328,37 +345,48 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
                      show_progress: bool = True, log: Callable[[str], None] = print
                      ) -> dict[str, Any]:
     """The whole device-agnostic pipeline from scratch (or resumed): stage 1 (federated),
-    the shared decoder, stage 2, then ``model.json``."""
+    the shared decoder, stage 2 and the calibration of each variant, then ``model.json``."""
     t0 = time.perf_counter()
     train_scenes = load_scene_list(train)
     val_scenes = load_scene_list(val) if val else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
-    s1 = train_shared_stage1(train_scenes, out, recipe, val_scenes, resume, show_progress, log)
-    log(f'stage 1 done: {s1["rounds"]} rounds in {s1["wall_s"]:.0f} s; metrics '
-        f'{json.dumps({k: round(v, 3) for k, v in s1["metrics"].items() if isinstance(v, float)})}')
-    dec = collect_shared_decoder(out, recipe, val_scenes)
-    log(f'decoder: validation NMSE {dec["val_nmse_db"]}')
-    s2 = train_shared_stage2(train_scenes, out, recipe, val_scenes, resume, show_progress)
-    log(f'stage 2 done: {s2["steps"]} steps in {s2["wall_s"]:.0f} s; validation {s2["metrics"]}')
-    write_model_json(out, recipe, {})     # calibration reads the folder as a model
-    cal = None
+    variants = baseline_variants(recipe)
+    s1s, decs, s2s = {}, {}, {}
+    for mod in variants:
+        s1 = train_shared_stage1(train_scenes, out, recipe, val_scenes, resume, show_progress, log,
+                                 modalities=mod)
+        log(f'stage 1 {mod} done: {s1["rounds"]} rounds in {s1["wall_s"]:.0f} s; metrics '
+            f'{json.dumps({k: round(v, 3) for k, v in s1["metrics"].items() if isinstance(v, float)})}')
+        dec = collect_shared_decoder(out, recipe, val_scenes, modalities=mod)
+        log(f'decoder {mod}: validation NMSE {dec["val_nmse_db"]}')
+        s2 = train_shared_stage2(train_scenes, out, recipe, val_scenes, resume, show_progress,
+                                 modalities=mod)
+        log(f'stage 2 {mod} done: {s2["steps"]} steps in {s2["wall_s"]:.0f} s; validation '
+            f'{s2["metrics"]}')
+        s1s[f'{mod}/{SHARED_DEVICE}'], decs[mod], s2s[f'{mod}_tram'] = s1, dec, s2
+    write_model_json(out, recipe, {}, variants)     # calibration reads the folder as a model
+    cals: dict[str, Any] = {}
     if val_scenes:
         from disac_ros.core.training.calibration import calibrate_scenes
-        t1 = time.perf_counter()
-        cal = calibrate_scenes(out, val_scenes, recipe, log=log)
-        cal['wall_s'] = round(time.perf_counter() - t1, 1)
+        for mod in variants:
+            t1 = time.perf_counter()
+            cal = calibrate_scenes(out, val_scenes, recipe, log=log, method=BASELINE_METHOD[mod])
+            cal['wall_s'] = round(time.perf_counter() - t1, 1)
+            cals[f'{mod}_tram'] = cal
+    dec = decs[MODALITIES]
     info = write_model_json(out, recipe, {
-        'calibration': {'both_tram': cal} if cal else {},
-        'stage1': {f'{MODALITIES}/{SHARED_DEVICE}': s1}, 'decoder': dec,
-        'stage2': {f'{MODALITIES}_tram': s2},
+        'calibration': cals, 'stage1': s1s, 'decoder': dec,
+        **({'baseline_decoders': {m: d for m, d in decs.items() if m != MODALITIES}}
+           if len(variants) > 1 else {}),
+        'stage2': s2s,
         'decoder_val_nmse_db': {'mlp': dec['val_nmse_db'].get('mean')
                                 if isinstance(dec['val_nmse_db'], dict) else None},
         'data': {'train': str(Path(train).resolve()),
                  'val': str(Path(val).resolve()) if val else None,
                  'train_scenes': len(train_scenes), 'val_scenes': len(val_scenes)},
-        'wall_s': round(time.perf_counter() - t0, 1)})
+        'wall_s': round(time.perf_counter() - t0, 1)}, variants)
     return info
 
 
