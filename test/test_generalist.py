@@ -241,3 +241,31 @@ def test_unimodal_baselines_train_the_same_way_and_are_compared_side_by_side(sce
     table = (res_dir / 'scenes.md').read_text()
     assert '## Methods' in table and '| rf_only | accuracy, 10dB |' in table
     assert '| camera_only | position RMSE (m), 10dB |' in table
+
+
+def test_llm_decoders_train_on_a_device_agnostic_models_exports_and_are_scored(model, scenes,
+                                                                               tmp_path):
+    """`disac-train decoder --kind llm` on a device-agnostic folder trains one receiver decoder
+    on every scene's device exports; `disac-eval --scenes --methods llm_decoder` runs it into
+    the shipped TRAM beside the shipped decoder."""
+    import shutil
+    from disac_ros.tools import eval_cli, train_cli
+    folder = tmp_path / 'model'
+    shutil.copytree(model, folder)
+    for kind in ('llm', 'llm_no_channel_tokens'):
+        assert train_cli.main(['decoder', '--out', str(folder), '--kind', kind, '--steps', '3',
+                               '--threads', '1', '--no-progress']) == 0
+        summary = json.loads((folder / f'decoders/both/{kind}/summary.json').read_text())
+        assert summary['steps_done'] == 3
+    meta = json.loads((folder / 'decoders/both/llm/checkpoint/metadata.json').read_text())
+    n_exports = len(list((folder / 'stage1/both/shared/exports/train').glob('*/*.npz')))
+    assert len(meta['devices']) == n_exports > 1          # every device of every scene
+    assert json.loads((folder / 'model.json').read_text())['shipped_decoder'] == 'mlp'
+    res_dir = tmp_path / 'res'
+    assert eval_cli.main(['--checkpoint', str(folder), '--out', str(res_dir), '--scenes',
+                          f'unseen={scenes["val"]}', '--snr', '10', '--max-frames', '2',
+                          '--threads', '1', '--methods', 'llm_decoder',
+                          'llm_no_channel_tokens']) == 0
+    pooled = json.loads((res_dir / 'scenes.json').read_text())['unseen']['pooled']
+    assert pooled['llm_decoder']['all@10dB']['num_gt'] == pooled['disac']['all@10dB']['num_gt']
+    assert 'llm_no_channel_tokens' in pooled

@@ -46,10 +46,16 @@ def decoder_dir(out: str | Path, modalities: str, kind: str) -> Path:
 
 
 def load_exports(out: str | Path, modalities: str, split: str = 'train') -> dict[str, dict]:
-    """device id -> export of every device trained in stage 1 for this variant."""
+    """device id -> export of every device trained in stage 1 for this variant; for a
+    device-agnostic model ('shared' network, exports per scene) '<scene>/<device>' -> export of
+    every device of every scene."""
     root = Path(out) / 'stage1' / modalities
     devs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     out_: dict[str, dict] = {}
+    shared = root / 'shared' / 'exports' / split
+    if shared.is_dir():
+        for path in sorted(shared.glob('*/*.npz')):
+            out_[f'{path.parent.name}/{path.stem}'] = load_export(path)
     for dev in devs:
         path = root / dev / f'export_{split}.npz'
         if path.is_file():
