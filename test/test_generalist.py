@@ -214,7 +214,11 @@ def test_unimodal_baselines_train_the_same_way_and_are_compared_side_by_side(sce
     own shared network, decoder, TRAM and calibration in the same folder; `disac-eval --scenes
     --methods rf_only camera_only` scores them beside the fusion on the same objects."""
     from disac_ros.tools import eval_cli, train_cli
-    recipe = replace(quick(rounds=2, stage2_steps=4), baselines=('rf_only', 'camera_only'))
+    base = quick(rounds=2, stage2_steps=4)
+    # With the camera's auxiliary loss of the shipped recipes, which the RF-only network skips.
+    recipe = replace(base, baselines=('rf_only', 'camera_only'),
+                     rvfn=replace(base.rvfn, camera_class_head=True),
+                     stage1=replace(base.stage1, camera_aux_weight=1.0))
     path = tmp_path / 'baselines.yaml'
     path.write_text(yaml.safe_dump(recipe.to_dict()))
     out = tmp_path / 'model'

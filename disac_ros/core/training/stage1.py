@@ -111,7 +111,8 @@ def stage1_loss(models: dict[str, torch.nn.Module], img: torch.Tensor, rfx: torc
             + r1.reconstruction_weight * l_rec)
     parts = {'loss_local': l_local['loss'].item(), 'loss_proxy': l_proxy['loss'].item(),
              'nmse': l_rec.item()}
-    if r1.camera_aux_weight > 0:
+    # The camera's auxiliary loss needs a camera: the RF-only baseline trains without it.
+    if r1.camera_aux_weight > 0 and models['detector'].rvfn.use_camera:
         l_cam = camera_aux_loss(models['detector'], fused, tgt)
         loss = loss + r1.camera_aux_weight * l_cam
         parts['loss_camera'] = l_cam.item()
