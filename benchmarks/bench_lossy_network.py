@@ -260,8 +260,10 @@ def run_condition(cond: dict, args: argparse.Namespace, work: Path, domain: int)
             gaps = [b['t'] - a['t'] for a, b in zip(steady, steady[1:])]
             result['max_gap_s'] = max(gaps) if gaps else math.nan
             if args.burst > 0:
-                remote.wait(lambda: (remote.of('tracks') or [{'n': 0}])[-1]['n'] > 0, args.burst_wait, alive)
-                result['tracks_at_burst'] = (remote.of('tracks') or [{'n': 0}])[-1]['n']
+                def tracked_now() -> int:      # tracks in the latest tracks message
+                    return (remote.of('tracks') or [{'n': 0}])[-1]['n']
+                remote.wait(lambda: tracked_now() > 0, args.burst_wait, alive)
+                result['tracks_at_burst'] = tracked_now()
                 lab.burst(args.burst)
                 b_end = time.time() + args.burst
                 time.sleep(args.burst + args.recovery_window)

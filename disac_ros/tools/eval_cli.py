@@ -120,15 +120,11 @@ def _test_data(args: argparse.Namespace, ckpt: Path) -> Path:
 
 def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
     """--scenes: each set scored pooled over its scenes; JSON + a side-by-side table."""
-    from disac_ros.core.evaluation.evaluate import METHODS
     from disac_ros.core.evaluation.scenes import (evaluate_scenes, methods_table,
                                                   plot_bytes_curve, side_by_side)
     from disac_ros.core.family_dataset import load_scenes
     # 'disac' always first: the side-by-side table, the calibration and the logs follow it.
     methods = ['disac'] + [m for m in (args.methods or []) if m != 'disac']
-    bad = sorted(set(methods) - set(METHODS))
-    if bad:
-        raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
     sets = {}
     for item in args.scenes:
         name, sep, folder = item.partition('=')
@@ -196,12 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError('--max-fused-cells', f'must be >= 0, got {args.max_fused_cells}')
         if args.symbol_bits and not args.scenes:
             raise ConfigError('--symbol-bits', 'needs --scenes')
+        bad = sorted(set(args.methods or []) - set(METHODS))
+        if bad:
+            raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
         if args.scenes:
             return _scenes(args, ckpt, recipe)
         methods = args.methods or list(METHODS)
-        bad = sorted(set(methods) - set(METHODS))
-        if bad:
-            raise ConfigError('--methods', f'unknown {bad}; known: {list(METHODS)}')
         test = DisacDataset(_test_data(args, ckpt))
         result = evaluate(ckpt, test, recipe, methods, show_progress=not args.no_progress,
                           calibrations=not args.uncalibrated)

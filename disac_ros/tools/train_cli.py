@@ -378,15 +378,12 @@ def cmd_all(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     """Fit and store every aggregator's class weights on the validation split."""
-    from disac_ros.core.training.calibration import calibrate_model, calibrate_scenes
+    from disac_ros.core.training.calibration import calibrate_model
     from disac_ros.core.training.stage1 import is_device_agnostic
     if is_device_agnostic(args.out):
-        from disac_ros.core.training.generalist import BASELINE_METHOD, load_scene_list
-        scenes = load_scene_list(args.val)
-        variants = json.loads((Path(args.out) / MODEL_JSON).read_text()).get('variants', ['both'])
-        cals = {f'{m}_tram': calibrate_scenes(args.out, scenes, recipe=recipe, log=print,
-                                              method=BASELINE_METHOD[m])
-                for m in variants if m in BASELINE_METHOD}
+        from disac_ros.core.training.generalist import calibrate_variants, load_scene_list
+        variants = _model_json(Path(args.out)).get('variants', ['both'])
+        cals = calibrate_variants(args.out, load_scene_list(args.val), recipe, variants)
         update_model_json(Path(args.out), calibration=cals)
         return {'calibrated': list(cals.values())}
     done = calibrate_model(args.out, _open(args.val), recipe=recipe, log=print)

@@ -169,9 +169,7 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
                        ('velocity_rmse_m', 'velocity RMSE (m/s)')):
         rows.append((f'{label}, all devices, {reference_snr_db:g} dB',
                      [_f(get(n, ref).get(key), 2 if 'rmse' in key else 3) for n in names]))
-    conds = sorted({c for n in names for c in results[n]['pooled'].get(method, {})
-                    if c.startswith('all@') and c != ref and '/' not in c}, key=lambda c: float(c[4:-2]))
-    for c in conds:
+    for c in _other_snrs(results, [method], ref):
         rows.append((f'accuracy, all devices, {c[4:]}', [_f(get(n, c).get('accuracy'))
                                                           for n in names]))
     quantised = sorted({c for n in names for c in results[n]['pooled'].get(method, {})
@@ -204,6 +202,14 @@ def side_by_side(results: dict[str, dict[str, Any]], method: str = 'disac',
     return '\n'.join(head + [f'| {label} | ' + ' | '.join(v) + ' |' for label, v in rows]) + '\n'
 
 
+def _other_snrs(results: dict[str, dict[str, Any]], methods: Sequence[str], ref: str) -> list[str]:
+    """The every-device conditions ('all@<snr>dB', not quantised) other than ``ref`` that any
+    of ``methods`` ran on any set, by SNR."""
+    return sorted({c for res in results.values() for m in methods for c in res['pooled'].get(m, {})
+                   if c.startswith('all@') and c != ref and '/' not in c},
+                  key=lambda c: float(c[4:-2]))
+
+
 def methods_table(results: dict[str, dict[str, Any]], methods: Sequence[str],
                   reference_snr_db: float = 10.0) -> str:
     """Markdown: the paper's comparison on every set: accuracy, position and velocity RMSE (and
@@ -214,9 +220,7 @@ def methods_table(results: dict[str, dict[str, Any]], methods: Sequence[str],
     if len(ran) < 2:
         return ''
     ref = f'all@{reference_snr_db:g}dB'
-    conds = [ref] + sorted({c for n in names for m in ran for c in results[n]['pooled'].get(m, {})
-                            if c.startswith('all@') and c != ref and '/' not in c},
-                           key=lambda c: float(c[4:-2]))
+    conds = [ref] + _other_snrs(results, ran, ref)
     lines = ['| method | metric | ' + ' | '.join(names) + ' |', '|---|---|' + '---|' * len(names)]
     for m in ran:
         for c in conds:

@@ -340,6 +340,20 @@ def baseline_variants(recipe: Recipe) -> list[str]:
                            if m != MODALITIES and method in recipe.baselines]
 
 
+def calibrate_variants(out: str | Path, val_scenes: Sequence[Any], recipe: Recipe | None,
+                       variants: Sequence[str], log: Callable[[str], None] = print
+                       ) -> dict[str, dict[str, Any]]:
+    """Calibrate each variant's TRAM on ``val_scenes``: '<variant>_tram' -> fit summary."""
+    from disac_ros.core.training.calibration import calibrate_scenes
+    cals = {}
+    for mod in variants:
+        t1 = time.perf_counter()
+        cal = calibrate_scenes(out, val_scenes, recipe, log=log, method=BASELINE_METHOD[mod])
+        cal['wall_s'] = round(time.perf_counter() - t1, 1)
+        cals[f'{mod}_tram'] = cal
+    return cals
+
+
 def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
                      val: str | Path | None = None, resume: bool = False,
                      show_progress: bool = True, log: Callable[[str], None] = print
@@ -367,14 +381,7 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
             f'{s2["metrics"]}')
         s1s[f'{mod}/{SHARED_DEVICE}'], decs[mod], s2s[f'{mod}_tram'] = s1, dec, s2
     write_model_json(out, recipe, {}, variants)     # calibration reads the folder as a model
-    cals: dict[str, Any] = {}
-    if val_scenes:
-        from disac_ros.core.training.calibration import calibrate_scenes
-        for mod in variants:
-            t1 = time.perf_counter()
-            cal = calibrate_scenes(out, val_scenes, recipe, log=log, method=BASELINE_METHOD[mod])
-            cal['wall_s'] = round(time.perf_counter() - t1, 1)
-            cals[f'{mod}_tram'] = cal
+    cals = calibrate_variants(out, val_scenes, recipe, variants, log) if val_scenes else {}
     dec = decs[MODALITIES]
     info = write_model_json(out, recipe, {
         'calibration': cals, 'stage1': s1s, 'decoder': dec,
