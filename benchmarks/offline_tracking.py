@@ -46,6 +46,7 @@ from disac_ros.core.inference import (  # noqa: E402
 from disac_ros.core.models.channel import WirelessChannel  # noqa: E402
 from disac_ros.core.mot_scoring import (  # noqa: E402
     GtObject, score_tracks, ScoringFrame, TrackedObject)
+from disac_ros.core.sensor_adapt import sensors_of_manifest  # noqa: E402
 from disac_ros.core.tracking import Detection, MultiObjectTracker, TrackerConfig  # noqa: E402
 from disac_ros.core.training.calibration import Calibration, load_calibration  # noqa: E402
 from disac_ros.core.training.stage2 import stage2_dir  # noqa: E402
@@ -59,6 +60,7 @@ def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: in
     query scoring >= CACHE_THRESHOLD as an unmerged detection."""
     ds = DisacDataset(data)
     devices = [DevicePipeline(model, d, threads=threads) for d in ds.device_ids]
+    sensors = sensors_of_manifest(ds.manifest)     # what device_node reads from its topics
     agg = AggregatorPipeline(model, threads=threads, score_threshold=CACHE_THRESHOLD,
                              fusion=FusionConfig('nms', 0.0), class_weights=(), class_thresholds=())
     channel = WirelessChannel(agg.channel_config)
@@ -73,7 +75,7 @@ def detect_split(data: Path, model: Path, fading: str, seed: int, max_frames: in
         for k, (dev, pipe) in enumerate(zip(ds.device_ids, devices)):
             rf = fr['rf'][k].astype(np.float32)
             cube = rf[..., 0] + 1j * rf[..., 1]
-            sym = pipe.run([fr['images'][k]], [cube]).symbols
+            sym = pipe.run([fr['images'][k]], [cube], [sensors.camera], [sensors.radar]).symbols
             pose = fr['device_pose'][k]
             dist = max(math.hypot(pose[0] - ax, pose[1] - ay), agg.channel_config.min_distance_m)
             rx = channel(torch.from_numpy(sym), dist, fading=fading, generator=gen)

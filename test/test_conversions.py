@@ -73,6 +73,19 @@ def test_rf_round_trip_keeps_values_shape_and_waveform(rng):
     np.testing.assert_array_equal(back, cube)
 
 
+def test_rf_waveform_comes_back_as_a_radar_config_for_the_device_to_resample():
+    from disac_ros.core.sensor_adapt import same_waveform
+    radar = RadarConfig(num_chirps=16, bandwidth_hz=600e6, max_range_m=30.0)
+    msg = cv.rf_to_msg(np.zeros((4, 16, 128), np.complex64), device_id='d', seq=0, radar=radar)
+    back = cv.msg_to_radar_config(deserialize_message(serialize_message(msg), type(msg)))
+    assert same_waveform(back, radar) and back.max_range_m <= back.max_unambiguous_range_m
+    msg.carrier_frequency_hz = 0.0                 # unset (hand-made message): shape only
+    assert cv.msg_to_radar_config(msg) is None
+    msg.carrier_frequency_hz, msg.chirp_interval_s = 77e9, 1e-6     # shorter than the ramp
+    with pytest.raises(ValueError, match='chirp_interval_s'):
+        cv.msg_to_radar_config(msg)
+
+
 def test_rf_rejects_real_cube_and_inconsistent_shape():
     with pytest.raises(ValueError, match='complex'):
         cv.rf_to_msg(np.zeros((2, 2, 2)), device_id='d', seq=0, radar=RadarConfig())

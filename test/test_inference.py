@@ -220,3 +220,24 @@ def test_aggregator_node_per_class_parameters_parse_or_name_the_parameter():
             parse_per_class(bad, 'aggregator.class_weights', check_class_weights)
     with pytest.raises(ConfigError, match='t'):
         parse_per_class('0.5,0.5,0.5,2', 't', check_class_thresholds)
+
+
+def test_device_pipeline_resamples_each_devices_sensors_to_the_models(fake_model):
+    from disac_ros.core.rf_config import RadarConfig
+    from disac_ros.core.sensor_adapt import CameraModel, default_sensors
+    dev = DevicePipeline(fake_model, 'dev1', threads=1)
+    assert dev.info.sensors == default_sensors()          # model.json without "sensors"
+    image, cube = frame(5)                                 # a 16-chirp, 64-sample radar
+    radar = RadarConfig(num_chirps=16, num_samples=64, sample_rate_hz=2.5e6, max_range_m=30.0)
+    assert dev.rf_features(cube, radar).shape == (2, 32, 128)          # the model's axes
+    small = CameraModel.from_fov(96, 72, 50.0)
+    assert dev.image_input(image[:72, :96], small).shape == (128, 128, 3)
+    out = dev.run([image, image[:72, :96]], [cube, cube], [None, small], [radar, radar])
+    assert out.symbols.shape == (2, dev.num_symbols, 2)
+    with pytest.raises(ConfigError, match='one image size'):   # intrinsics unknown: not resampled
+        dev.run([image, image[:72, :96]], [cube, cube])
+    with pytest.raises(ConfigError, match='one camera and one radar model per pair'):
+        dev.run([image], [cube], [None, None])
+    dev.adapt_sensors = False                               # as every version before did
+    assert dev.rf_features(cube, radar).shape == (2, 16, 64)
+    assert dev.image_input(image[:72, :96], small).shape == (72, 96, 3)

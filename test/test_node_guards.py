@@ -217,7 +217,7 @@ def test_device_survives_images_that_crash_or_exhaust_the_network(context, model
         class FakeCrashingPipeline:
             """FAKE pipeline: fails the way torch does on an input it cannot handle."""
 
-            def run(self, images, cubes):
+            def run(self, images, cubes, cameras=None, radars=None):
                 raise RuntimeError('Given input size: (16x0x0). Calculated output size is too small')
         # Refused on arrival too, so a bad frame never displaces a good one waiting for its partner.
         node._on_image(Image(height=4000, width=4000, encoding='rgb8', step=12000, data=bytes(16)))
@@ -230,6 +230,52 @@ def test_device_survives_images_that_crash_or_exhaust_the_network(context, model
         node._pending = (9.0, img, rf)
         node._process()
         assert node.diag.snapshot()['processing_errors'] == 1.0
+    finally:
+        node.destroy_node()
+
+
+def test_device_resamples_its_camera_and_radar_from_camera_info_and_the_rf_waveform(context, model):
+    from sensor_msgs.msg import Image
+    from disac_ros.core.rf_config import RadarConfig
+    from disac_ros.nodes.device_node import DeviceNode
+    node = DeviceNode(context=context, parameter_overrides=[
+        Parameter('model_dir', value=str(model)), Parameter('device_id', value='dev0'),
+        Parameter('static_pose', value='0 0 1 0'), Parameter('warm_up', value=False)])
+    try:
+        seen = []
+        real = node.pipeline
+
+        class RecordingPipeline:
+            """FAKE wrapper: records the sensor models the node hands the real pipeline."""
+
+            adapt_sensors = True
+
+            def run(self, images, cubes, cameras=None, radars=None):
+                seen.append((images[0].shape, cameras[0], radars[0]))
+                real.adapt_sensors = self.adapt_sensors
+                return real.run(images, cubes, cameras, radars)
+        node.pipeline = RecordingPipeline()
+        radar = RadarConfig(num_chirps=16, max_range_m=45.0)          # intersection_small's radar
+        cube = (np.random.default_rng(1).standard_normal((4, 16, 128)) * (1 + 1j)).astype(np.complex64)
+        rf = cv.rf_to_msg(cube, device_id='dev0', seq=0, radar=radar, stamp=cv.time_to_msg(1.0))
+        img = cv.image_to_msg(np.zeros((72, 96, 3), np.uint8), 'rgb8', stamp=cv.time_to_msg(1.0))
+        k = np.array([[77.2, 0, 47.5], [0, 77.2, 35.5], [0, 0, 1]])
+        node._on_camera_info(cv.camera_info_msg(k, 96, 72))
+        bad = cv.camera_info_msg(k, 96, 72)
+        bad.k[0] = 0.0                                              # fx = 0: no camera
+        node._on_camera_info(bad)
+        node._pending = (1.0, img, rf)
+        node._process()
+        v = node.diag.snapshot()
+        assert v['published'] == 1.0 and v['bad_camera_info'] == 1.0
+        assert '96x72' in v['camera_model'] and '16 chirps' in v['radar_model']
+        shape, camera, got_radar = seen[-1]
+        assert shape == (72, 96, 3) and (camera.width, camera.fx) == (96, 77.2)
+        assert got_radar.num_chirps == 16 and got_radar.bandwidth_hz == radar.bandwidth_hz
+        # An image of another size than camera_info says is used as it is (and warned about).
+        node._pending = (2.0, cv.image_to_msg(np.zeros((64, 64, 3), np.uint8), 'rgb8'), rf)
+        node._process()
+        assert seen[-1][1] is None and node.diag.snapshot()['published'] == 2.0
     finally:
         node.destroy_node()
 

@@ -26,7 +26,7 @@ here. Every failure (missing folder, corrupt file, wrong device) raises :class:`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 import json
 import math
 import os
@@ -44,6 +44,8 @@ from disac_ros.core.models.device_decoders import decoder_slots, run_decoder
 from disac_ros.core.models.config import ChannelConfig
 from disac_ros.core.rf import radar_features
 from disac_ros.core.rf_config import RadarConfig
+from disac_ros.core.sensor_adapt import (CameraModel, default_sensors, resample_image,
+                                         resampled_radar_features, SensorSpec)
 from disac_ros.core.tracking import NUM_CLASSES, Detection
 from disac_ros.core.training.recipes import DECODER_KINDS
 
@@ -96,6 +98,8 @@ class ModelInfo:
     channel: ChannelConfig            # the channel model the decoder was trained with
     aggregator_xy: tuple[float, float]  # the receiver position the models were trained with
     device_agnostic: bool = False     # one shared network for any device id (and any K)
+    # The camera and radar the networks were trained with; devices resample theirs to these.
+    sensors: SensorSpec = field(default_factory=default_sensors)
 
 
 def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
@@ -132,9 +136,14 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
         raise ModelError(f'{root / "recipe.json"}: {exc}') from None
     if len(xy) != 2:
         raise ModelError(f'{root / "recipe.json"}: aggregator_xy must be [x, y], got {xy}')
+    try:
+        sensors = (SensorSpec.from_dict(model['sensors']) if 'sensors' in model else
+                   default_sensors(recipe.rvfn.camera_hfov_deg if recipe is not None else 60.0))
+    except ConfigError as exc:
+        raise ModelError(f'{root / "model.json"}: {exc}') from None
     return ModelInfo(root=root, devices=tuple(devices), shipped_decoder=str(model.get('shipped_decoder', 'mlp')),
                      recipe=recipe, channel=channel, aggregator_xy=xy,  # type: ignore[arg-type]
-                     device_agnostic=bool(model.get('device_agnostic', False)))
+                     device_agnostic=bool(model.get('device_agnostic', False)), sensors=sensors)
 
 
 def _load(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -168,7 +177,8 @@ class DevicePipeline:
     """RVFN + semantic encoder of one device, from a model folder (see the module docstring)."""
 
     def __init__(self, model_dir: str | os.PathLike[str], device_id: str, *, threads: int = 1,
-                 modalities: str = 'both', model_device_id: str = '') -> None:
+                 modalities: str = 'both', model_device_id: str = '',
+                 adapt_sensors: bool = True) -> None:
         """Load the device's stage-1 models; ``model_device_id`` uses another device's weights."""
         from disac_ros.core.training.stage1 import load_device_models, stage1_dir
         set_torch_threads(threads)
@@ -191,9 +201,14 @@ class DevicePipeline:
         self.num_symbols = int(self.encoder.config.num_symbols)
         self.feature_dim = int(self.encoder.config.feature_dim)
         self._radar: dict[tuple[int, ...], RadarConfig] = {}
+        # Resample each device's camera and radar to the model's (sensor_adapt.py); False feeds
+        # them as they are (what every version before this one did).
+        self.adapt_sensors = bool(adapt_sensors)
 
-    def rf_features(self, cube: np.ndarray) -> np.ndarray:
-        """Complex cube (rx, chirp, sample) -> network input (2, chirp, sample) float32."""
+    def rf_features(self, cube: np.ndarray, radar: RadarConfig | None = None) -> np.ndarray:
+        """Complex cube (rx, chirp, sample) of a radar with waveform ``radar`` -> network input
+        on the model's radar axes (``info.sensors.radar``), float32 (2, chirps, samples).
+        Without ``radar`` the cube's shape with the default timing is assumed."""
         c = np.asarray(cube)
         if not np.iscomplexobj(c) or c.ndim != 3:
             raise ConfigError('rf', f'expected a complex (rx, chirp, sample) cube, got {c.dtype} {c.shape}')
@@ -202,10 +217,20 @@ class DevicePipeline:
                                     f'{MAX_RF_ELEMENTS} values')
         if not np.all(np.isfinite(c)):
             raise ConfigError('rf', 'cube has NaN or infinite values')
-        cfg = self._radar.get(c.shape)
-        if cfg is None:
-            cfg = self._radar[c.shape] = radar_config_for(c.shape)
-        return radar_features(c, cfg)
+        if radar is None:
+            radar = self._radar.get(c.shape)
+            if radar is None:
+                radar = self._radar[c.shape] = radar_config_for(c.shape)
+        if not self.adapt_sensors:
+            return radar_features(c, radar)
+        return resampled_radar_features(c, radar, self.info.sensors.radar)
+
+    def image_input(self, image: np.ndarray, camera: CameraModel | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 of a camera ``camera`` -> the model's camera (``info.sensors.camera``);
+        without ``camera`` (intrinsics unknown) the image is used as it is."""
+        if camera is None or not self.adapt_sensors:
+            return image
+        return resample_image(image, camera, self.info.sensors.camera)
 
     def warm_up(self, image_hw: tuple[int, int] = (128, 128),
                 cube_shape: Sequence[int] | None = None) -> float:
@@ -219,10 +244,19 @@ class DevicePipeline:
         return time.perf_counter() - t0
 
     @torch.no_grad()
-    def run(self, images: Sequence[np.ndarray], cubes: Sequence[np.ndarray]) -> DeviceOutput:
-        """Encode a batch of (image, cube) pairs."""
+    def run(self, images: Sequence[np.ndarray], cubes: Sequence[np.ndarray],
+            cameras: Sequence[CameraModel | None] | None = None,
+            radars: Sequence[RadarConfig | None] | None = None) -> DeviceOutput:
+        """Encode a batch of (image, cube) pairs; ``cameras`` / ``radars`` (one per pair, or
+        None) are the sensors that took them, resampled to the model's (``image_input``,
+        ``rf_features``)."""
         if len(images) != len(cubes) or not images:
             raise ConfigError('batch', f'need as many images as cubes (>= 1), got {len(images)} / {len(cubes)}')
+        cams = list(cameras) if cameras is not None else [None] * len(images)
+        rads = list(radars) if radars is not None else [None] * len(cubes)
+        if len(cams) != len(images) or len(rads) != len(cubes):
+            raise ConfigError('batch', f'need one camera and one radar model per pair, got '
+                                       f'{len(cams)} / {len(rads)} for {len(images)}')
         imgs = []
         for i, im in enumerate(images):
             a = np.asarray(im)
@@ -231,9 +265,11 @@ class DevicePipeline:
             problem = image_size_problem(a.shape[0], a.shape[1])
             if problem:
                 raise ConfigError(f'image[{i}]', problem)
-            imgs.append(a)
+            imgs.append(self.image_input(a, cams[i]))
+        if len({a.shape for a in imgs}) > 1:
+            raise ConfigError('image', f'one batch needs one image size, got {sorted({a.shape for a in imgs})}')
         img = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0).contiguous()
-        rf = torch.from_numpy(np.stack([self.rf_features(c) for c in cubes]))
+        rf = torch.from_numpy(np.stack([self.rf_features(c, r) for c, r in zip(cubes, rads)]))
         fused = self.rvfn(img, rf).feature
         symbols = self.encoder(fused)
         return DeviceOutput(symbols=symbols.numpy().astype(np.float32), feature=fused.numpy())

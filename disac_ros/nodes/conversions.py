@@ -19,6 +19,8 @@ from geometry_msgs.msg import Quaternion, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from disac_ros.core.errors import ConfigError
+from disac_ros.core.rf_config import RadarConfig
 from disac_ros.core.types import CLASS_IDS, CLASS_NAMES, SENSED_CAMERA, SENSED_RF, ObjectTruth, Pose
 
 # encoding -> channels. All are 8-bit; other encodings raise ValueError naming the encoding.
@@ -190,6 +192,31 @@ def radar_noise_power_dbm(radar: object) -> float:
     k_t0_dbm_per_hz = -173.975  # 10 log10(1.380649e-23 * 290 / 1e-3)
     return k_t0_dbm_per_hz + 10.0 * math.log10(float(radar.sample_rate_hz)) + float(
         getattr(radar, 'noise_figure_db', 0.0))
+
+
+def msg_to_radar_config(msg: RfFrame) -> RadarConfig | None:
+    """The waveform of an RfFrame as a RadarConfig (sizes from ``shape``, rx, chirp, sample);
+    None when the waveform fields are unset (0, e.g. a hand-made message). ValueError when they
+    are set but make no radar (the message names the field)."""
+    fields = (msg.carrier_frequency_hz, msg.bandwidth_hz, msg.chirp_duration_s,
+              msg.chirp_interval_s, msg.sample_rate_hz)
+    if any(float(v) == 0.0 for v in fields) or len(msg.shape) != 3:
+        return None
+    rx, chirps, samples = (int(s) for s in msg.shape)
+    slope = float(msg.bandwidth_hz) / float(msg.chirp_duration_s) if msg.chirp_duration_s else 0.0
+    # Coverage is not part of the waveform: keep it inside the unambiguous range so the config
+    # validates for a short-range radar too.
+    unambiguous = (float(msg.sample_rate_hz) * 299_792_458.0 / (2.0 * slope)) if slope > 0 else 1.0
+    try:
+        return RadarConfig(carrier_frequency_hz=float(msg.carrier_frequency_hz),
+                           bandwidth_hz=float(msg.bandwidth_hz), num_samples=samples,
+                           num_chirps=chirps, num_rx=rx, sample_rate_hz=float(msg.sample_rate_hz),
+                           chirp_duration_s=float(msg.chirp_duration_s),
+                           chirp_interval_s=float(msg.chirp_interval_s),
+                           rx_spacing_m=float(msg.rx_spacing_m) if msg.rx_spacing_m > 0 else None,
+                           max_range_m=min(60.0, 0.999 * unambiguous))
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise ValueError(f'RfFrame waveform: {exc}') from None
 
 
 def rf_shape_problem(msg: RfFrame) -> str:

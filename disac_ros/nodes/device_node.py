@@ -27,7 +27,7 @@ from typing import Any
 
 from rclpy.duration import Duration
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
 from disac_interfaces.msg import RfFrame, SemanticFeature
@@ -46,6 +46,11 @@ PARAMS = (
     Param('device_id', 'dev0', 'this device\'s id (must be configured at the aggregator)'),
     Param('camera_topic', 'camera/image_raw', 'sensor_msgs/Image input (relative to the namespace)'),
     Param('rf_topic', 'rf/frame', 'disac_interfaces/RfFrame input'),
+    Param('camera_info_topic', 'camera/camera_info', 'sensor_msgs/CameraInfo of the camera (its '
+          'intrinsics, for adapt_sensors); empty = none'),
+    Param('adapt_sensors', True, "resample the camera (from camera_info) and the radar (from each "
+          "RfFrame's waveform) to the sensors the model was trained with; false = feed them as they "
+          'are', read_only=False),
     Param('feature_topic', 'semantic/feature', 'SemanticFeature output'),
     Param('model_dir', '', 'trained model folder; empty = $DISAC_MODEL_DIR or the installed models/default'),
     Param('model_device_id', '', "use this device's stage-1 weights (empty = device_id)"),
@@ -103,14 +108,18 @@ class DeviceNode(ManagedNode):
         self._images: deque[tuple[float, Image]] = deque(maxlen=10)
         self._rf: deque[tuple[float, RfFrame]] = deque(maxlen=10)
         self._pending: tuple[float, Image, RfFrame] | None = None
+        self._camera: Any = None          # CameraModel of the latest valid camera_info
         self._last_paired_stamp = -math.inf
         self._paired_at = 0.0
         self.poses = fm.PoseCache(cfg['world_frame'], self.base_frame)
         self.seq = 0
         self.diag = Diagnostics(self, 'device', hardware_id=self.device_id,
                                 warn_if=self._warning)
-        for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose', 'processing_errors'):
+        for key in ('paired', 'unpaired', 'dropped', 'published', 'bad_input', 'no_pose', 'processing_errors',
+                    'bad_camera_info', 'bad_rf_waveform'):
             self.diag.set(key, 0.0)
+        self.diag.set('camera_model', 'none yet')
+        self.diag.set('radar_model', 'none yet')
         self._warn = LogThrottle(self).warning   # bad streams must not flood the log
         out_qos = qos_by_name(cfg['feature_qos'], depth=5)
         if cfg['lifespan_s'] > 0:
@@ -131,6 +140,9 @@ class DeviceNode(ManagedNode):
         qos_in = qos_by_name(cfg['sensor_qos'])
         self.track(self.create_subscription(Image, cfg['camera_topic'], self._on_image, qos_in))
         self.track(self.create_subscription(RfFrame, cfg['rf_topic'], self._on_rf, qos_in))
+        if cfg['camera_info_topic']:
+            self.track(self.create_subscription(CameraInfo, cfg['camera_info_topic'],
+                                                self._on_camera_info, qos_in))
         if self.static_pose is None:
             # Absolute, as tf is; a namespaced fleet remaps it (/tf:=/<namespace>/tf).
             self.track(self.create_subscription(TFMessage, '/tf', self._on_tf, reliable_qos(100)))
@@ -181,6 +193,36 @@ class DeviceNode(ManagedNode):
             return self._warn(f'image refused: {problem}', key='image')
         self._images.append((cv.msg_to_time(msg.header.stamp), msg))
         self._pair()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        from disac_ros.core.sensor_adapt import CameraModel
+        try:
+            camera = CameraModel.from_k(cv.camera_info_to_k(msg), int(msg.width), int(msg.height))
+        except (ValueError, DisacError) as exc:
+            self.diag.count('bad_camera_info')
+            return self._warn(f'camera_info refused: {exc}', key='camera_info')
+        if camera != self._camera:
+            self._camera = camera
+            self.diag.set('camera_model', f'{camera.width}x{camera.height}, horizontal field of '
+                                          f'view {camera.hfov_deg:.1f} deg')
+
+    def _sensors_of(self, img_msg: Image, rf_msg: RfFrame) -> tuple[Any, Any]:
+        """(CameraModel or None, RadarConfig or None) of a pair, for the pipeline to resample."""
+        camera = self._camera
+        if camera is not None and (camera.width, camera.height) != (img_msg.width, img_msg.height):
+            self._warn(f'camera_info says {camera.width}x{camera.height} but the image is '
+                       f'{img_msg.width}x{img_msg.height}: image used as it is', key='camera_size')
+            camera = None
+        try:
+            radar = cv.msg_to_radar_config(rf_msg)
+        except ValueError as exc:
+            self.diag.count('bad_rf_waveform')
+            self._warn(f'{exc}; assuming the default timing for its shape', key='rf_waveform')
+            radar = None
+        if radar is not None:
+            self.diag.set('radar_model', f'{radar.num_chirps} chirps x {radar.num_samples} samples x '
+                                         f'{radar.num_rx} rx, {radar.range_resolution_m:.2f} m bins')
+        return camera, radar
 
     def _on_rf(self, msg: RfFrame) -> None:
         self.diag.tick('rf_in')
@@ -264,7 +306,9 @@ class DeviceNode(ManagedNode):
         try:
             image = cv.msg_to_image(img_msg, 'rgb8')
             cube = cv.msg_to_rf(rf_msg)
-            out = self.pipeline.run([image], [cube])
+            self.pipeline.adapt_sensors = self.cfg['adapt_sensors']
+            camera, radar = self._sensors_of(img_msg, rf_msg)
+            out = self.pipeline.run([image], [cube], [camera], [radar])
             payload = quantize(out.symbols[0], self.cfg['bits'])
         except (ValueError, DisacError) as exc:
             self.diag.count('bad_input')

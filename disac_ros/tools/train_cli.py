@@ -222,7 +222,9 @@ def cmd_stage1(args: argparse.Namespace, recipe: Any) -> dict[str, Any]:
     s = train_stage1(train, args.device, args.out, recipe, modalities=args.modalities,
                      val=_open(args.val), resume=args.resume,
                      show_progress=not args.no_progress, steps=args.steps)
+    from disac_ros.core.sensor_adapt import sensors_of_manifest
     update_model_json(Path(args.out), devices=train.device_ids,
+                      sensors=sensors_of_manifest(train.manifest).to_dict(),
                       stage1={f'{args.modalities}/{args.device}': _brief(s)})
     print(f'stage1 {args.modalities}/{args.device}: {s["steps"]} steps in {s["wall_s"]} s, '
           f'loss {s["loss_first"]:.3f} -> {s["loss_last"]:.3f}')

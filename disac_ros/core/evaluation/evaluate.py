@@ -53,6 +53,7 @@ from disac_ros.core.detection_fusion import FusedDetections
 from disac_ros.core.evaluation.metrics import DetectionStats, FeatureError, fused_from_prediction
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import load_checkpoint
+from disac_ros.core.sensor_adapt import sensors_of_model
 from disac_ros.core.training import common
 from disac_ros.core.training.calibration import Calibration, load_calibration
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
@@ -148,13 +149,15 @@ def _subset(n: int, limit: int) -> np.ndarray:
 
 def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = None,
             log: Callable[[str], None] = print, calibrations: bool = True,
-            digital: bool = True) -> EvalContext:
+            digital: bool = True, adapt_sensors: bool = True) -> EvalContext:
     """Run every device's stage-1 models on its own test view; load decoders and aggregators
     (and the aggregators' calibration files unless ``calibrations`` is False; the digital
     JPEG chain's inputs unless ``digital`` is False). Any device id of a device-agnostic model
-    runs the shared network."""
+    runs the shared network. Each device's camera and radar are resampled to the model's
+    (``sensor_adapt.py``), as ``device_node`` does, unless ``adapt_sensors`` is False."""
     ckpt = Path(checkpoint)
     recipe = recipe or load_recipe_of(ckpt)
+    sensors = sensors_of_model(ckpt, recipe.rvfn.camera_hfov_deg) if adapt_sensors else None
     common.set_threads(recipe.threads)
     model_json = ckpt / 'model.json'
     shipped = json.loads(model_json.read_text()).get('shipped_decoder', 'mlp') \
@@ -176,7 +179,7 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
         syms, feats, poses, dig = [], [], [], []
         for d in devs:
             models = load_device_models(ckpt, mod, d)
-            fr = DeviceFrames(test.device_view(d), mod, frames)
+            fr = DeviceFrames(test.device_view(d), mod, frames, sensors=sensors)
             s, f = encode_frames(models['detector'], models['encoder'], fr)
             syms.append(s)
             feats.append(f)

@@ -25,6 +25,7 @@ import types
 from typing import Any, Callable, Sequence
 
 from disac_ros.core.errors import ConfigError
+from disac_ros.core.sensor_adapt import sensors_of_model
 from disac_ros.core.training import common
 
 
@@ -136,7 +137,9 @@ def adapt_model(scenario: str | Path, source: str | Path, out: str | Path, *,
     fine = replace(recipe, seed=recipe.seed + 4242, stage1=replace(
         r1, lr=r1.lr * lr_scale, warmup_steps=r1.local_steps, lr_schedule='cosine',
         decay_steps=0, eval_every=max(1, rounds), checkpoint_every=max(1, rounds // 3)))
-    frames = device_frames([train])
+    # The site's own cameras and radars, resampled to the model's (as its devices will do).
+    sensors = sensors_of_model(out, recipe.rvfn.camera_hfov_deg)
+    frames = device_frames([train], sensors=sensors)
     clients = [DeviceClient(f'site/{d}', fr, fine) for _, d, fr in frames]
     res = train_federated(clients, out / 'adapt' / 'stage1', fine, rounds, resume=True,
                           show_progress=show_progress, initial=initial,
@@ -152,7 +155,7 @@ def adapt_model(scenario: str | Path, source: str | Path, out: str | Path, *,
                      'device_agnostic': True, 'adapted_to': str(scenario),
                      'recipe': fine.to_dict()})
     export_scenes(models, frames, s1_dir / 'exports' / 'train')
-    export_scenes(models, device_frames([val]), s1_dir / 'exports' / 'val')
+    export_scenes(models, device_frames([val], sensors=sensors), s1_dir / 'exports' / 'val')
     dec = collect_shared_decoder(out, recipe, [val])
     report['stage1'] = {k: v for k, v in res.items() if k != 'metrics'}
     report['decoder_val_nmse_db'] = dec['val_nmse_db']

@@ -26,6 +26,8 @@ from disac_ros.core.errors import DatasetError
 from disac_ros.core.geometry import to_frame_2d
 from disac_ros.core.models.losses import SetTargets
 from disac_ros.core.rf_config import RadarConfig
+from disac_ros.core.sensor_adapt import (resample_image, resampled_radar_features,
+                                         sensors_of_manifest, SensorSpec)
 
 # Which objects a model is asked to find: those its sensors can perceive.
 SENSED_BY = {'both': ('visible_camera', 'in_rf_range'), 'rf': ('in_rf_range',),
@@ -97,22 +99,32 @@ class DeviceFrames(Dataset):
     """Stage-1 samples of one device, features precomputed once (see module doc)."""
 
     def __init__(self, view: DeviceView, modalities: str = 'both',
-                 indices: Sequence[int] | None = None) -> None:
+                 indices: Sequence[int] | None = None, sensors: SensorSpec | None = None) -> None:
+        """``sensors``: resample every image and radar cube to these (a model's sensors,
+        :mod:`disac_ros.core.sensor_adapt`) from the dataset's own; None keeps the dataset's."""
         if modalities not in SENSED_BY:
             raise DatasetError(f"modalities: must be 'both', 'rf' or 'camera', got {modalities!r}")
         self.device_id = view.device_id
         self.modalities = modalities
         cfg = radar_config(view.dataset)
+        own = sensors_of_manifest(view.dataset.manifest) if sensors is not None else None
+        target_radar = sensors.radar if sensors is not None else cfg
+
+        def image_of(a: np.ndarray) -> np.ndarray:
+            return a if own is None else resample_image(a, own.camera, sensors.camera)
+
+        def rf_of(iq: np.ndarray) -> np.ndarray:
+            return resampled_radar_features(cube_from_iq(iq), cfg, target_radar)
         idx = list(range(len(view))) if indices is None else [int(i) for i in indices]
         if not idx:
             raise DatasetError(f'{view.dataset.root}: no frames for device {self.device_id}')
         images, feats, poses, times, objs = [], [], [], [], []
         for i in idx:
             fr = view.frame(i)
-            images.append(np.asarray(fr['image'], dtype=np.uint8))
+            images.append(image_of(np.asarray(fr['image'], dtype=np.uint8)))
             # The camera-only baseline never looks at RF: skip the FFTs, feed zeros.
-            feats.append(np.zeros(rf.feature_shape(cfg), np.float32) if modalities == 'camera'
-                         else rf.radar_features(cube_from_iq(fr['rf']), cfg))
+            feats.append(np.zeros(rf.feature_shape(target_radar), np.float32)
+                         if modalities == 'camera' else rf_of(fr['rf']))
             pose = np.asarray(fr['pose'], dtype=np.float64)
             poses.append(pose)
             times.append(float(fr['time_s']))

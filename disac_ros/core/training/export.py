@@ -41,7 +41,7 @@ DEFAULT_CARD_SECTIONS = ('Number of devices', 'Decoder comparison', 'Per class',
                          'Generalisation')
 _MODEL_JSON_KEYS = ('format', 'format_version', 'devices', 'device_agnostic', 'shipped_decoder',
                     'recipe', 'decoder_val_nmse_db', 'timing_s', 'data', 'wall_s',
-                    'calibration')
+                    'calibration', 'sensors')
 
 
 class ExportError(DisacError):

@@ -41,6 +41,7 @@ from disac_ros.core.evaluation.metrics import DetectionStats
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import save_checkpoint
 from disac_ros.core.models.losses import build_criterion
+from disac_ros.core.sensor_adapt import sensors_of_manifest
 from disac_ros.core.training import common
 from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, load_export,
                                           save_export)
@@ -81,10 +82,11 @@ def merge_frames(parts: Sequence[DeviceFrames], name: str = 'pooled') -> DeviceF
     return out
 
 
-def device_frames(scenes: Sequence[Any], limit: int = 0, modalities: str = MODALITIES
-                  ) -> list[tuple[str, str, DeviceFrames]]:
+def device_frames(scenes: Sequence[Any], limit: int = 0, modalities: str = MODALITIES,
+                  sensors: Any = None) -> list[tuple[str, str, DeviceFrames]]:
     """(scene name, device id, that device's own frames) for every device of every scene;
-    ``limit`` > 0 keeps that many frames per device, spread over its run."""
+    ``limit`` > 0 keeps that many frames per device, spread over its run; ``sensors`` (a
+    SensorSpec) resamples each scene's camera and radar to a model's."""
     out = []
     for sc in scenes:
         ds = sc.dataset
@@ -93,7 +95,8 @@ def device_frames(scenes: Sequence[Any], limit: int = 0, modalities: str = MODAL
             idx = None
             if limit > 0 and len(view) > limit:
                 idx = np.unique(np.linspace(0, len(view) - 1, limit).round().astype(int))
-            out.append((sc.name, dev, DeviceFrames(view, modalities, indices=idx)))
+            out.append((sc.name, dev, DeviceFrames(view, modalities, indices=idx,
+                                                   sensors=sensors)))
     return out
 
 
@@ -321,11 +324,15 @@ def validate_scenes(model: torch.nn.Module, decoder: torch.nn.Module,
 
 
 def write_model_json(out: str | Path, recipe: Recipe, extra: dict[str, Any],
-                     variants: Sequence[str] = (MODALITIES,)) -> dict[str, Any]:
-    """``model.json`` and ``recipe.json`` of a device-agnostic model folder."""
+                     variants: Sequence[str] = (MODALITIES,),
+                     train_scenes: Sequence[Any] = ()) -> dict[str, Any]:
+    """``model.json`` and ``recipe.json`` of a device-agnostic model folder; ``sensors`` (what
+    devices resample to) from the first of ``train_scenes``."""
     out = Path(out)
     data = {'format': 'disac_ros.model', 'format_version': 1, 'devices': [SHARED_DEVICE],
             'device_agnostic': True, 'shipped_decoder': 'mlp', 'variants': list(variants),
+            **({'sensors': sensors_of_manifest(train_scenes[0].dataset.manifest).to_dict()}
+               if train_scenes else {}),
             **extra}
     common.write_json(out / 'model.json', data)
     common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
@@ -380,7 +387,7 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
         log(f'stage 2 {mod} done: {s2["steps"]} steps in {s2["wall_s"]:.0f} s; validation '
             f'{s2["metrics"]}')
         s1s[f'{mod}/{SHARED_DEVICE}'], decs[mod], s2s[f'{mod}_tram'] = s1, dec, s2
-    write_model_json(out, recipe, {}, variants)     # calibration reads the folder as a model
+    write_model_json(out, recipe, {}, variants, train_scenes)   # calibration reads it as a model
     cals = calibrate_variants(out, val_scenes, recipe, variants, log) if val_scenes else {}
     dec = decs[MODALITIES]
     info = write_model_json(out, recipe, {
@@ -393,7 +400,7 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
         'data': {'train': str(Path(train).resolve()),
                  'val': str(Path(val).resolve()) if val else None,
                  'train_scenes': len(train_scenes), 'val_scenes': len(val_scenes)},
-        'wall_s': round(time.perf_counter() - t0, 1)}, variants)
+        'wall_s': round(time.perf_counter() - t0, 1)}, variants, train_scenes)
     return info
 
 
