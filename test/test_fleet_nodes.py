@@ -145,6 +145,16 @@ def test_sim_tracks_markers_and_weights_arrive_in_the_world_frame(sim):
     assert 'hex:' not in sim['proc'].output()          # the key is in a private file, not on a command line
 
 
+def test_sim_devices_read_their_camera_from_camera_info_and_radar_from_the_rf_waveform(sim):
+    obs = sim['obs']
+    # The devices resample both to the model's sensors (sensor_adapt.py); here they already match.
+    assert obs.wait_until(lambda: '128x128' in diag_values(obs, '/dev1/device_node').get('camera_model', ''), 20), \
+        diag_values(obs, '/dev1/device_node')
+    v = diag_values(obs, '/dev1/device_node')
+    assert 'field of view 60.0 deg' in v['camera_model'] and v['radar_model'].startswith('32 chirps')
+    assert float(v['bad_camera_info']) == 0.0 and float(v['bad_rf_waveform']) == 0.0
+
+
 def test_sim_link_stamps_snr_and_distance_that_devices_leave_unknown(sim):
     obs = sim['obs']
     assert obs.wait_for_messages(['/dev0/semantic/feature', '/dev0/link/feature'], 3, 30)

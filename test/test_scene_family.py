@@ -171,6 +171,13 @@ def _drop(d: dict[str, Any], *path: str) -> None:
     ('missing camera', lambda d: _drop(d, 'camera'), 'family.camera'),
     ('no devices possible', lambda d: (d['rsus'].update(count=[0, 1]),
                                        d['vehicles'].update(count=[0, 2])), 'family.rsus.count'),
+    ('empty sensor choices', lambda d: d.update(sensor_choices=[]), 'family.sensor_choices'),
+    ('sensor choice camera', lambda d: d.update(sensor_choices=[{'camera': {'width': 2}}]),
+     'family.sensor_choices[0].camera.width'),
+    ('sensor choice radar', lambda d: d.update(sensor_choices=[{'radar': {'num_chirps': 2}}]),
+     'family.sensor_choices[0].radar.num_chirps'),
+    ('sensor choice key', lambda d: d.update(sensor_choices=[{'lidar': {}}]),
+     'family.sensor_choices[0].lidar'),
 ])
 def test_bad_family_errors_name_the_field(family_dict: dict[str, Any], label: str,
                                           mutate: Any, field: str) -> None:
@@ -199,6 +206,31 @@ def test_family_file_errors_and_normalised_round_trip(tmp_path: Path, urban: Sce
     fam = parse_family(minimal)
     assert fam.to_dict()['buildings']['height_m'] == [6.0, 30.0]
     parse_scenario(fam.scenario_dict(1))
+
+
+def test_sensor_choices_give_each_seed_one_make_deterministically(family_dict: dict[str, Any],
+                                                                  urban: SceneFamily) -> None:
+    family_dict['sensor_choices'] = [
+        {'camera': {'width': 96, 'height': 72, 'fov_deg': 50.0}, 'radar': {'num_chirps': 16}},
+        {'camera': {'width': 160, 'height': 120}, 'weight': 3.0}]
+    fam = parse_family(family_dict)
+    drawn = [fam.layout(s)['sensor_choice'] for s in range(40)]
+    assert drawn == [parse_family(family_dict).layout(s)['sensor_choice'] for s in range(40)]
+    assert 4 <= drawn.count(0) <= 18 and set(drawn) == {0, 1}          # weights 1 : 3
+    for seed, k in enumerate(drawn[:6]):
+        sc = fam.scenario(seed)
+        assert sc.camera.width == (96, 160)[k] and sc.radar.num_chirps == (16, 32)[k]
+        assert sc.camera.fov_deg == (50.0, 60.0)[k]          # the rest stays the family's
+    # A family without choices is unchanged (same spec, same random streams, same scenes), and
+    # the choices change only the sensors: the same seed is the same scene, seen otherwise.
+    assert 'sensor_choices' not in urban.to_dict() and 'sensor_choice' not in urban.layout(3)
+    one = fam.scenario_dict(1)
+    for key in ('camera', 'radar'):
+        one.pop(key, None)
+    base = urban.scenario_dict(1)
+    for key in ('camera', 'radar'):
+        base.pop(key, None)
+    assert one == base
 
 
 def test_second_family_loads(tmp_path: Path) -> None:

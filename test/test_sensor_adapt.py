@@ -59,6 +59,21 @@ def test_a_target_lands_in_the_models_bins_whatever_the_waveform(other):
         assert rf.radar_features(point_cube(other, 24.0, 20.0, 5.0), other).shape == (2, 16, 128)
 
 
+def _half_power_cells(feature_map: np.ndarray) -> int:
+    return int((feature_map > feature_map.max() - 3.0 / 20.0).sum())     # within 3 dB of the peak
+
+
+def test_a_finer_radar_uses_only_the_models_aperture_so_peaks_are_as_wide():
+    fine = dataclasses.replace(MODEL_RADAR, num_samples=256, sample_rate_hz=10e6,
+                               bandwidth_hz=600e6, num_rx=8, num_chirps=64)   # 2x on every axis
+    assert sa.apertures(fine, MODEL_RADAR) == (128, 32, 4)
+    assert sa.apertures(dataclasses.replace(MODEL_RADAR, num_chirps=16), MODEL_RADAR) == (128, 16, 4)
+    want = rf.radar_features(point_cube(MODEL_RADAR, 30.0, -10.0, 3.0), MODEL_RADAR)
+    got = sa.resampled_radar_features(point_cube(fine, 30.0, -10.0, 3.0), fine, MODEL_RADAR)
+    for ch in (0, 1):
+        assert abs(_half_power_cells(got[ch]) - _half_power_cells(want[ch])) <= 2, ch
+
+
 def test_ranges_beyond_the_devices_unambiguous_range_read_as_the_noise_floor():
     short = dataclasses.replace(MODEL_RADAR, num_samples=64, sample_rate_hz=2.5e6,
                                 max_range_m=30.0)                     # 0.5 m bins up to 32 m

@@ -45,6 +45,8 @@ Family YAML (``config/families/urban.yaml`` is a commented example). A *range* i
     mounts: {...}     # the kinds' default mounts, verbatim; each device gets its own mount
     radar?: {...}     # verbatim
     classes: {...}    # verbatim
+    sensor_choices?:  # optional: each seed draws one (by weight) and overrides camera / radar
+      - {camera?: {camera fields}, radar?: {radar fields}, weight?: > 0 (default 1)}
 
 Every missing optional key takes the default in ``_SCHEMA`` below; the normalised mapping
 (``SceneFamily.to_dict``) has them all filled in. Errors name the dotted field, e.g.
@@ -172,7 +174,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any, dict[str, Any]]]] = {
         'shadows': ('bool', False, {}),
     },
 }
-_TOP_KEYS = ('name', 'rate_hz', 'topologies', *_SCHEMA, 'camera', 'mounts', 'radar', 'classes')
+_TOP_KEYS = ('name', 'rate_hz', 'topologies', *_SCHEMA, 'camera', 'mounts', 'radar', 'classes',
+             'sensor_choices')
 _TOP_REQUIRED = ('name', 'rate_hz', 'topologies', 'camera', 'mounts', 'classes')
 
 
@@ -288,7 +291,36 @@ def parse_family(data: Any, source: str | None = None) -> 'SceneFamily':
         raise _fail(c, f'{_ROOT}.rsus.count',
                     'rsus.count and vehicles.count may not both allow zero devices')
     spec.update(verbatim)
+    if 'sensor_choices' in data:       # absent: the spec (and so every seed's stream) unchanged
+        try:
+            spec['sensor_choices'] = _parse_sensor_choices(c, data['sensor_choices'], verbatim)
+        except FamilyError:
+            raise
+        except ScenarioError as e:
+            raise FamilyError(e.field, e.problem, source) from None
     return SceneFamily(spec, source)
+
+
+def _parse_sensor_choices(c: _Ctx, raw: Any, verbatim: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each choice's camera and radar overrides, checked merged into the verbatim blocks."""
+    f = f'{_ROOT}.sensor_choices'
+    if not isinstance(raw, list) or not raw:
+        raise _fail(c, f, f'expected a non-empty list of {{camera, radar, weight}}, got {raw!r}')
+    out = []
+    for i, item in enumerate(raw):
+        fi = f'{f}[{i}]'
+        m = c.mapping(item, fi, known=('camera', 'radar', 'weight'))
+        choice = {'camera': dict(c.mapping(m.get('camera') or {}, f'{fi}.camera')),
+                  'radar': dict(c.mapping(m.get('radar') or {}, f'{fi}.radar')),
+                  'weight': c.number(m.get('weight', 1.0), f'{fi}.weight', positive=True)}
+        try:
+            _parse_camera(c, {**verbatim['camera'], **choice['camera']})
+        except ScenarioError as e:
+            raise FamilyError(f'{fi}.{e.field}', e.problem, c.source) from None
+        RadarConfig.from_dict({**(verbatim.get('radar') or {}), **choice['radar']},
+                              where=f'{fi}.radar')
+        out.append(choice)
+    return out
 
 
 def load_family(path: str | Path) -> 'SceneFamily':
@@ -315,7 +347,10 @@ class SceneFamily:
         self._spec = spec
         self.source = source
         self.name: str = spec['name']
-        blob = json.dumps(spec, sort_keys=True, separators=(',', ':')).encode()
+        # The sensors are left out: a seed's scene and traffic do not depend on what sees them,
+        # so the same family with other sensor_choices gives the same scenes, seen otherwise.
+        blob = json.dumps({k: v for k, v in spec.items() if k != 'sensor_choices'},
+                          sort_keys=True, separators=(',', ':')).encode()
         # Part of every seed's entropy: two families never share a random stream.
         self.hash: int = int(hashlib.sha256(blob).hexdigest()[:16], 16)
 
@@ -400,12 +435,28 @@ class SceneFamily:
             except _Infeasible as e:
                 last = e
                 continue
+            sensors = self._sensor_choice(seed, d)
             parse_scenario(copy.deepcopy(d), source=f'{self.name} seed {seed}')
             info = {'topology': topology, 'centre': _pt(builder.centre),
-                    'junctions': [_pt(j) for j in builder.junctions], 'attempt': attempt}
+                    'junctions': [_pt(j) for j in builder.junctions], 'attempt': attempt,
+                    **({'sensor_choice': sensors} if sensors is not None else {})}
             return d, info
         raise FamilyError('family', f'seed {seed} ({topology}): no feasible scene in '
                                     f'{MAX_ATTEMPTS} attempts (last: {last})', self.source)
+
+    def _sensor_choice(self, seed: int, d: dict[str, Any]) -> int | None:
+        """Apply the seed's draw from ``sensor_choices`` (its own random stream) to the
+        scenario mapping ``d``; the index drawn, or None for a family without choices."""
+        choices = self._spec.get('sensor_choices')
+        if not choices:
+            return None
+        w = np.array([ch['weight'] for ch in choices], dtype=np.float64)
+        u = float(np.random.default_rng([seed, self.hash, 3]).random())
+        idx = min(int(np.searchsorted(np.cumsum(w) / w.sum(), u, side='right')), len(w) - 1)
+        d['camera'] = {**d['camera'], **copy.deepcopy(choices[idx]['camera'])}
+        if choices[idx]['radar'] or 'radar' in d:
+            d['radar'] = {**(d.get('radar') or {}), **copy.deepcopy(choices[idx]['radar'])}
+        return idx
 
     def scenario(self, seed: int, topology: str | None = None) -> Scenario:
         """``parse_scenario(scenario_dict(seed, topology))``."""

@@ -14,8 +14,10 @@ What each sensor measures is known on the device (``sensor_msgs/CameraInfo``, th
 * :func:`resampled_radar_features`: the feature maps of :func:`disac_ros.core.rf.radar_features`
   evaluated on the model's range, Doppler and angle axes: each axis is a DFT of the device's
   samples at the frequencies where the model's bins lie (their physical range, radial speed,
-  direction cosine), instead of the device's own FFT bins. Ranges beyond the device's
-  unambiguous range read as noise floor. With the model's own waveform it is the FFT exactly.
+  direction cosine), instead of the device's own FFT bins, from no more sweep bandwidth, frame
+  time and array length than the model's radar had (:func:`apertures`), so that a finer radar's
+  peaks are as wide as those the network learned. Ranges beyond the device's unambiguous range
+  read as noise floor. With the model's own waveform it is the FFT exactly.
 
 Neither can add what a sensor does not measure (a coarser range resolution stays coarse, fewer
 chirps give less gain); both make what it does measure land where the network expects it.
@@ -188,30 +190,46 @@ def same_waveform(a: RadarConfig, b: RadarConfig) -> bool:
                              rel_tol=1e-6))     # RfFrame carries the spacing as float32
 
 
+def apertures(source: RadarConfig, target: RadarConfig) -> tuple[int, int, int]:
+    """(samples, chirps, rx elements) of ``source`` to use: no more sweep bandwidth, frame time
+    and array length than ``target`` has, so that a finer radar's peaks are as wide as the ones
+    the network learned (a coarser one uses everything it has)."""
+    per_sample_hz = source.slope_hz_per_s / source.sample_rate_hz
+    target_bw = target.slope_hz_per_s * target.num_samples / target.sample_rate_hz
+    samples = min(source.num_samples, max(4, round(target_bw / per_sample_hz)))
+    frame_s = target.num_chirps * target.chirp_interval_s
+    chirps = min(source.num_chirps, max(2, round(frame_s / source.chirp_interval_s)))
+    target_len = target.num_rx * target.rx_spacing / target.wavelength_m        # wavelengths
+    rx = min(source.num_rx, max(1, round(target_len / (source.rx_spacing / source.wavelength_m))))
+    return samples, chirps, rx
+
+
 @functools.lru_cache(maxsize=16)
 def _kernels(source: RadarConfig, target: RadarConfig
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(range DFT (N_src, N_t), Doppler DFT (Nc_src, Nc_t), angle steering (Q_t, M_src),
-    valid range columns (N_t,) bool) from the source's samples to the target's axes."""
+    """(range DFT (N_use, N_t), Doppler DFT (Nc_use, Nc_t), angle steering (Q_t, M_use),
+    valid range columns (N_t,) bool) from the source's samples (the first ``apertures`` of each
+    axis) to the target's axes."""
+    n_use, c_use, m_use = apertures(source, target)
     # Range: target bin j lies at j * dr_t metres = fractional source bin j * dr_t / dr_src.
     ranges = np.arange(target.num_samples) * target.range_resolution_m
     k_src = ranges / source.range_resolution_m
     valid = k_src < source.num_samples - 0.5
-    n = np.arange(source.num_samples)
-    win = _hann(source.num_samples).astype(np.float64)
+    n = np.arange(n_use)
+    win = _hann(n_use).astype(np.float64)
     rng = win[:, None] * np.exp(-2j * np.pi * np.outer(n, k_src) / source.num_samples)
     # Doppler: target row i is radial speed v_i; on the source it turns 2 v Tci / lambda cycles
     # per chirp (aliasing beyond the source's unambiguous speed, as the source itself would).
     speeds = (np.arange(target.num_chirps) - target.num_chirps // 2) * target.velocity_resolution_mps
     cycles = 2.0 * speeds * source.chirp_interval_s / source.wavelength_m
-    c = np.arange(source.num_chirps)
-    wd = _hann(source.num_chirps).astype(np.float64)
+    c = np.arange(c_use)
+    wd = _hann(c_use).astype(np.float64)
     dop = wd[:, None] * np.exp(-2j * np.pi * np.outer(c, cycles))
     # Angle: target row q is direction cosine u_q; element m of the source array sees
     # exp(-j 2 pi d u m / lambda), so steering with the + sign (rf._angle_kernel's convention).
     q = target.num_chirps
     u = (np.arange(q) - q // 2) / (q * target.rx_spacing / target.wavelength_m)
-    m = np.arange(source.num_rx)
+    m = np.arange(m_use)
     ang = np.exp(2j * np.pi * np.outer(u, m) * source.rx_spacing / source.wavelength_m)
     out = (rng.astype(np.complex64), dop.astype(np.complex64), ang.astype(np.complex64), valid)
     for arr in out:
@@ -234,8 +252,8 @@ def resampled_radar_features(cube: np.ndarray, source: RadarConfig,
     if same_waveform(source, target):
         return radar_features(c, source)
     rng, dop, ang, valid = _kernels(source, target)
-    c = c.astype(np.complex64, copy=False)
-    spec = c @ rng                                                   # (M, Nc_src, N_t)
+    c = c[:ang.shape[1], :dop.shape[0], :rng.shape[0]].astype(np.complex64, copy=False)
+    spec = c @ rng                                                   # (M, Nc_use, N_t)
     rd = np.einsum('mcn,ci->min', spec, dop)                         # (M, Nc_t, N_t)
     rd_power = (rd.real ** 2 + rd.imag ** 2).sum(axis=0)
     per_bin = spec.transpose(2, 0, 1)                                # (N_t, M, Nc_src)

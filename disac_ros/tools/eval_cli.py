@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--uncalibrated', action='store_true',
                    help="ignore the aggregators' fitted class weights and thresholds "
                         "(stage2/*/calibration.json): the recipe's single score threshold")
+    p.add_argument('--no-adapt-sensors', action='store_true',
+                   help="feed each device's camera and radar to the model as they are instead of "
+                        "resampling them to the model's sensors (device_node adapt_sensors:=false): "
+                        'what adaptation is worth on scenes with other sensors')
     p.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     p.add_argument('--scenes', nargs='+', metavar='NAME=DIR',
                    help='score on these sets of scenes (family or plain dataset folders), side '
@@ -142,7 +146,7 @@ def _scenes(args: argparse.Namespace, ckpt: Path, recipe: object) -> int:
                                         max_fused_cells=args.max_fused_cells,
                                         max_frames=args.max_frames or 0,
                                         calibrated=not args.uncalibrated, recipe=recipe,
-                                        methods=methods,
+                                        methods=methods, adapt_sensors=not args.no_adapt_sensors,
                                         log=lambda m: print(f'  {m}', file=sys.stderr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

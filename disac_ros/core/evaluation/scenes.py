@@ -42,7 +42,8 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
                     max_subsets: int = 4, max_frames: int = 0, methods: Sequence[str] = ('disac',),
                     calibrated: bool = True, log: Callable[[str], None] = print,
                     recipe: Any = None, symbol_bits: Sequence[int] = (),
-                    max_cells_per_device: int = 0, max_fused_cells: int = 0) -> dict[str, Any]:
+                    max_cells_per_device: int = 0, max_fused_cells: int = 0,
+                    adapt_sensors: bool = True) -> dict[str, Any]:
     """
     Pooled and per-scene metrics of ``methods`` on ``scenes`` (objects from
     :func:`disac_ros.core.family_dataset.load_scenes`).
@@ -63,7 +64,8 @@ def evaluate_scenes(checkpoint: str | Path, scenes: Sequence[Any], *,
     per_scene = []
     frames = 0
     for sc in scenes:
-        ctx = prepare(checkpoint, sc.dataset, recipe, log=lambda _m: None, digital=False)
+        ctx = prepare(checkpoint, sc.dataset, recipe, log=lambda _m: None, digital=False,
+                      adapt_sensors=adapt_sensors)
         for model in ctx.aggregators.values():       # TRAM's inference-time cell pruning
             if hasattr(model, 'max_cells_per_device'):
                 model.max_cells_per_device = int(max_cells_per_device)
