@@ -1,5 +1,7 @@
 """
-Time the FMCW radar synthesis: cubes for 4 radars x {10, 50} scatterers, and radar_features.
+Time the FMCW radar synthesis: cubes for 4 radars x {10, 50} scatterers, radar_features, and
+what a device with other sensors adds (sensor_adapt.py: its radar maps on the model's axes, its
+image in the model's camera).
 
 Run: ``python benchmarks/bench_rf.py [--repeat 20] [--threads 1]``. Prints the median over
 ``repeat`` runs after a warm-up, in milliseconds per cube and per 4-radar frame.
@@ -69,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     cube = synthesize_cube(cfg, *radars[0], scatterers, rng)
     print(f'radar_features   one cube:                    '
           f'{median_ms(lambda: radar_features(cube, cfg), args.repeat):6.2f} ms per call')
+    import dataclasses
+    from disac_ros.core import sensor_adapt as sa
+    for name, other in (('16 chirps', dataclasses.replace(cfg, num_chirps=16)),
+                        ('256 samples x 8 rx', dataclasses.replace(
+                            cfg, num_samples=256, sample_rate_hz=10e6, bandwidth_hz=600e6,
+                            num_rx=8))):
+        oc = synthesize_cube(other, *radars[0], scatterers, rng)
+        ms = median_ms(lambda: sa.resampled_radar_features(oc, other, cfg), args.repeat)
+        print(f'resampled from {name:18s}:        {ms:6.2f} ms per call')
+    target = sa.default_sensors().camera
+    for w, h, fov in ((96, 72, 50.0), (320, 240, 45.0)):
+        cam = sa.CameraModel.from_fov(w, h, fov)
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        ms = median_ms(lambda: sa.resample_image(img, cam, target), args.repeat)
+        print(f'resample_image   {w}x{h} -> 128x128:        {ms:6.2f} ms per call')
     ms = median_ms(lambda: object_scatterers('pedestrian', [5.0, 1.0, 0.9], [1.4, 0.0, 0.0], 0.3,
                                              (0.5, 0.6, 1.8), 0.37), args.repeat)
     print(f'object_scatterers one pedestrian:             {ms:6.3f} ms per call')
