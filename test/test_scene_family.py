@@ -233,6 +233,14 @@ def test_sensor_choices_give_each_seed_one_make_deterministically(family_dict: d
     assert one == base
 
 
+def test_urban_sensors_is_urban_seen_through_other_sensors() -> None:
+    urban = yaml.safe_load(URBAN.read_text(encoding='utf-8'))
+    other = yaml.safe_load((FAMILY_DIR / 'urban_sensors.yaml').read_text(encoding='utf-8'))
+    assert len(other.pop('sensor_choices')) == 4
+    assert other.pop('name') == 'urban_sensors' and urban.pop('name') == 'urban'
+    assert other == urban, 'regenerate config/families/urban_sensors.yaml from urban.yaml'
+
+
 def test_second_family_loads(tmp_path: Path) -> None:
     for path in sorted(FAMILY_DIR.glob('*.yaml')):
         fam = load_family(path)
