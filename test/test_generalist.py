@@ -167,6 +167,27 @@ def test_evaluate_scenes_pools_scenes_and_sweeps_k(model, scenes):
     assert pooled['all@10dB']['num_gt'] == res['scenes'][0]['disac']['all@10dB']['num_gt']
 
 
+def test_the_model_records_its_sensors_and_scenes_with_other_sensors_are_resampled(model, tmp_path):
+    from disac_ros.core.evaluation.scenes import evaluate_scenes
+    from disac_ros.core.family_dataset import generate_family_dataset, load_scenes
+    from disac_ros.core.sensor_adapt import sensors_of_model
+    spec = sensors_of_model(model)                     # from model.json: the training family's
+    assert (spec.camera.width, spec.camera.height, spec.radar.num_chirps) == (32, 32, 32)
+    fam = yaml.safe_load(tiny_family(tmp_path).read_text())
+    fam['sensor_choices'] = [{'camera': {'width': 48, 'height': 36, 'fov_deg': 50.0},
+                              'radar': {'num_chirps': 16}}]
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(fam))
+    generate_family_dataset(tmp_path / 'other.yaml', tmp_path / 'other', [7], frames_per_seed=2,
+                            frame_stride=4, renderer='none', split='test')
+    sc = load_scenes(tmp_path / 'other')
+    view = sc[0].dataset.device_view(sc[0].dataset.device_ids[0])
+    own, resampled = DeviceFrames(view), DeviceFrames(view, sensors=spec)
+    assert tuple(own.images.shape[1:]) == (36, 48, 3) and own.rf.shape[2] == 16
+    assert tuple(resampled.images.shape[1:]) == (32, 32, 3) and tuple(resampled.rf.shape[2:]) == (32, 128)
+    res = evaluate_scenes(model, sc, snr_db=(10.0,), max_subsets=1, log=lambda _m: None)
+    assert res['pooled']['disac']['all@10dB']['num_gt'] > 0
+
+
 def test_site_adaptation_improves_a_toy_site(model, tmp_path):
     """`disac-train adapt` on a site: simulated, scored before, fine-tuned, scored after."""
     from disac_ros.core.family_dataset import dump_scenario_yaml

@@ -41,7 +41,8 @@ from disac_ros.core.evaluation.metrics import DetectionStats
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import save_checkpoint
 from disac_ros.core.models.losses import build_criterion
-from disac_ros.core.sensor_adapt import sensors_of_manifest
+from disac_ros.core.rf_config import RadarConfig
+from disac_ros.core.sensor_adapt import CameraModel, sensors_of_manifest, SensorSpec
 from disac_ros.core.training import common
 from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, load_export,
                                           save_export)
@@ -65,6 +66,21 @@ def load_scene_list(path: str | Path) -> list[Any]:
     if not scenes:
         raise ConfigError('data', f'{path}: no scenes')
     return scenes
+
+
+def training_sensors(train: str | Path, train_scenes: Sequence[Any]) -> SensorSpec:
+    """The sensors a model trained on ``train`` is trained with (every scene is resampled to
+    them): a family folder's base camera and radar (before any ``sensor_choices``), else the
+    first scene's."""
+    from disac_ros.core.family_dataset import is_family_folder, read_family_json
+    if is_family_folder(train):
+        spec = read_family_json(train).get('family_spec') or {}
+        if 'camera' in spec:
+            cam = spec['camera']
+            return SensorSpec(CameraModel.from_fov(int(cam['width']), int(cam['height']),
+                                                   float(cam['fov_deg'])),
+                              RadarConfig.from_dict(spec.get('radar') or {}))
+    return sensors_of_manifest(train_scenes[0].dataset.manifest)
 
 
 def merge_frames(parts: Sequence[DeviceFrames], name: str = 'pooled') -> DeviceFrames:
@@ -103,18 +119,21 @@ def device_frames(scenes: Sequence[Any], limit: int = 0, modalities: str = MODAL
 def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Recipe,
                         val_scenes: Sequence[Any] = (), resume: bool = False,
                         show_progress: bool = True, log: Callable[[str], None] = print,
-                        modalities: str = MODALITIES) -> dict[str, Any]:
+                        modalities: str = MODALITIES, sensors: SensorSpec | None = None
+                        ) -> dict[str, Any]:
     """Federated stage 1 over every device of ``train_scenes``, then every device's exports
-    (train and val scenes). Returns the summary (also ``stage1/<modalities>/shared/summary.json``)."""
+    (train and val scenes). Returns the summary (also ``stage1/<modalities>/shared/summary.json``).
+    ``sensors``: resample every scene's camera and radar to these (scenes with other sensors)."""
     common.set_threads(recipe.threads)
     folder = stage1_dir(out, modalities, SHARED_DEVICE)
     t0 = time.perf_counter()
-    train = device_frames(train_scenes, modalities=modalities)
+    train = device_frames(train_scenes, modalities=modalities, sensors=sensors)
     clients = [DeviceClient(f'{s}/{d}', fr, recipe) for s, d, fr in train]
     log(f'stage 1: {len(clients)} devices in {len(train_scenes)} scenes, '
         f'{sum(len(c.frames) for c in clients)} device-frames (loaded in '
         f'{time.perf_counter() - t0:.0f} s)')
-    val = device_frames(val_scenes, MAX_VAL_FRAMES_PER_DEVICE, modalities) if val_scenes else []
+    val = (device_frames(val_scenes, MAX_VAL_FRAMES_PER_DEVICE, modalities, sensors)
+           if val_scenes else [])
     pooled = merge_frames([fr for _, _, fr in val]) if val else None
     criterion = build_criterion(recipe.loss, recipe.head)
     channel = WirelessChannel(recipe.channel)
@@ -138,7 +157,7 @@ def train_shared_stage1(train_scenes: Sequence[Any], out: str | Path, recipe: Re
     t1 = time.perf_counter()
     export_scenes(models, train, folder / 'exports' / 'train')
     if val_scenes:
-        export_scenes(models, device_frames(val_scenes, modalities=modalities),
+        export_scenes(models, device_frames(val_scenes, modalities=modalities, sensors=sensors),
                       folder / 'exports' / 'val')
     summary = {**res, 'device_id': SHARED_DEVICE, 'modalities': modalities,
                'steps': res['rounds'] * res['clients_per_round'] * res['local_steps'],
@@ -325,14 +344,13 @@ def validate_scenes(model: torch.nn.Module, decoder: torch.nn.Module,
 
 def write_model_json(out: str | Path, recipe: Recipe, extra: dict[str, Any],
                      variants: Sequence[str] = (MODALITIES,),
-                     train_scenes: Sequence[Any] = ()) -> dict[str, Any]:
-    """``model.json`` and ``recipe.json`` of a device-agnostic model folder; ``sensors`` (what
-    devices resample to) from the first of ``train_scenes``."""
+                     sensors: SensorSpec | None = None) -> dict[str, Any]:
+    """``model.json`` and ``recipe.json`` of a device-agnostic model folder; ``sensors``: what
+    it was trained with (devices resample theirs to them)."""
     out = Path(out)
     data = {'format': 'disac_ros.model', 'format_version': 1, 'devices': [SHARED_DEVICE],
             'device_agnostic': True, 'shipped_decoder': 'mlp', 'variants': list(variants),
-            **({'sensors': sensors_of_manifest(train_scenes[0].dataset.manifest).to_dict()}
-               if train_scenes else {}),
+            **({'sensors': sensors.to_dict()} if sensors is not None else {}),
             **extra}
     common.write_json(out / 'model.json', data)
     common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
@@ -374,10 +392,11 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(out / 'recipe.json', recipe.to_dict(), sort_keys=False)
     variants = baseline_variants(recipe)
+    sensors = training_sensors(train, train_scenes)
     s1s, decs, s2s = {}, {}, {}
     for mod in variants:
         s1 = train_shared_stage1(train_scenes, out, recipe, val_scenes, resume, show_progress, log,
-                                 modalities=mod)
+                                 modalities=mod, sensors=sensors)
         log(f'stage 1 {mod} done: {s1["rounds"]} rounds in {s1["wall_s"]:.0f} s; metrics '
             f'{json.dumps({k: round(v, 3) for k, v in s1["metrics"].items() if isinstance(v, float)})}')
         dec = collect_shared_decoder(out, recipe, val_scenes, modalities=mod)
@@ -387,7 +406,7 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
         log(f'stage 2 {mod} done: {s2["steps"]} steps in {s2["wall_s"]:.0f} s; validation '
             f'{s2["metrics"]}')
         s1s[f'{mod}/{SHARED_DEVICE}'], decs[mod], s2s[f'{mod}_tram'] = s1, dec, s2
-    write_model_json(out, recipe, {}, variants, train_scenes)   # calibration reads it as a model
+    write_model_json(out, recipe, {}, variants, sensors)   # calibration reads it as a model
     cals = calibrate_variants(out, val_scenes, recipe, variants, log) if val_scenes else {}
     dec = decs[MODALITIES]
     info = write_model_json(out, recipe, {
@@ -400,7 +419,7 @@ def train_all_shared(train: str | Path, out: str | Path, recipe: Recipe,
         'data': {'train': str(Path(train).resolve()),
                  'val': str(Path(val).resolve()) if val else None,
                  'train_scenes': len(train_scenes), 'val_scenes': len(val_scenes)},
-        'wall_s': round(time.perf_counter() - t0, 1)}, variants, train_scenes)
+        'wall_s': round(time.perf_counter() - t0, 1)}, variants, sensors)
     return info
 
 
