@@ -276,6 +276,14 @@ def test_device_resamples_its_camera_and_radar_from_camera_info_and_the_rf_wavef
         node._pending = (2.0, cv.image_to_msg(np.zeros((64, 64, 3), np.uint8), 'rgb8'), rf)
         node._process()
         assert seen[-1][1] is None and node.diag.snapshot()['published'] == 2.0
+        # A rectified image is described by P, not K.
+        node.cfg['camera_intrinsics'] = 'P'
+        info = cv.camera_info_msg(k, 96, 72)
+        info.p = [70.0, 0.0, 47.5, 0.0, 0.0, 70.0, 35.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+        node._on_camera_info(info)
+        node._pending = (3.0, img, rf)
+        node._process()
+        assert seen[-1][1].fx == 70.0
     finally:
         node.destroy_node()
 

@@ -11,6 +11,11 @@ The device pose sent with each feature comes from /tf (``world_frame`` -> ``base
 stamp; tf2_ros is not on PyPI, so a small cache reads /tf directly) or from ``static_pose``
 ("x y z yaw", for a roadside unit without tf).
 
+Each device's sensors are resampled to the ones the model was trained with
+(``disac_ros/core/sensor_adapt.py``): the camera from ``camera_info_topic``'s intrinsics
+(``camera_intrinsics``: K for a raw image, P for a rectified one), the radar from the waveform
+every RfFrame carries; ``adapt_sensors:=false`` feeds them as they are.
+
 Processing never queues: callbacks only pair frames; a short timer processes the newest pair and
 counts the ones it skipped (``dropped``), so a slow CPU lowers the output rate instead of growing
 latency. Diagnostics: input/output rates, pipeline latency, paired/unpaired/dropped frames, bad
@@ -25,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from rclpy.duration import Duration
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
@@ -48,6 +54,9 @@ PARAMS = (
     Param('rf_topic', 'rf/frame', 'disac_interfaces/RfFrame input'),
     Param('camera_info_topic', 'camera/camera_info', 'sensor_msgs/CameraInfo of the camera (its '
           'intrinsics, for adapt_sensors); empty = none'),
+    Param('camera_intrinsics', 'K', "which CameraInfo matrix describes the images: K (camera_topic "
+          "is the raw image; lens distortion is not removed) or P (a rectified image, e.g. image_proc's "
+          'image_rect)', choices=('K', 'P')),
     Param('adapt_sensors', True, "resample the camera (from camera_info) and the radar (from each "
           "RfFrame's waveform) to the sensors the model was trained with; false = feed them as they "
           'are', read_only=False),
@@ -197,7 +206,9 @@ class DeviceNode(ManagedNode):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         from disac_ros.core.sensor_adapt import CameraModel
         try:
-            camera = CameraModel.from_k(cv.camera_info_to_k(msg), int(msg.width), int(msg.height))
+            k = (cv.camera_info_to_k(msg) if self.cfg['camera_intrinsics'] == 'K'
+                 else np.asarray(msg.p, dtype=np.float64).reshape(3, 4)[:, :3])
+            camera = CameraModel.from_k(k, int(msg.width), int(msg.height))
         except (ValueError, DisacError) as exc:
             self.diag.count('bad_camera_info')
             return self._warn(f'camera_info refused: {exc}', key='camera_info')
