@@ -41,7 +41,7 @@ Family YAML (``config/families/urban.yaml`` is a commented example). A *range* i
     objects?: {count: int range, class_weights: {car|truck|pedestrian|cyclist: weight >= 0}}
     lighting?: {ambient: colour range, background: colour range, sun_dir: [[x,y,z],[x,y,z]],
                 sun_intensity: range, shadows: bool}
-    camera: {...}     # copied verbatim into every scenario (the networks need them fixed)
+    camera: {...}     # copied verbatim into every scenario (a model's sensors; see sensor_choices)
     mounts: {...}     # the kinds' default mounts, verbatim; each device gets its own mount
     radar?: {...}     # verbatim
     classes: {...}    # verbatim
