@@ -45,7 +45,8 @@ from disac_ros.core.models.config import ChannelConfig
 from disac_ros.core.rf import radar_features
 from disac_ros.core.rf_config import RadarConfig
 from disac_ros.core.sensor_adapt import (CameraModel, default_sensors, resample_image,
-                                         resampled_radar_features, SensorSpec)
+                                         resampled_radar_features, sensors_of_model_json,
+                                         SensorSpec)
 from disac_ros.core.tracking import NUM_CLASSES, Detection
 from disac_ros.core.training.recipes import DECODER_KINDS
 
@@ -137,8 +138,8 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
     if len(xy) != 2:
         raise ModelError(f'{root / "recipe.json"}: aggregator_xy must be [x, y], got {xy}')
     try:
-        sensors = (SensorSpec.from_dict(model['sensors']) if 'sensors' in model else
-                   default_sensors(recipe.rvfn.camera_hfov_deg if recipe is not None else 60.0))
+        sensors = sensors_of_model_json(
+            model, recipe.rvfn.camera_hfov_deg if recipe is not None else 60.0)
     except ConfigError as exc:
         raise ModelError(f'{root / "model.json"}: {exc}') from None
     return ModelInfo(root=root, devices=tuple(devices), shipped_decoder=str(model.get('shipped_decoder', 'mlp')),

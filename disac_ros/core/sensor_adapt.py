@@ -133,10 +133,17 @@ def default_sensors(hfov_deg: float = 60.0) -> SensorSpec:
 
 def sensors_of_manifest(manifest: Mapping[str, Any]) -> SensorSpec:
     """The sensors of a dataset folder (its manifest's scenario camera and radar)."""
-    cam = manifest['scenario']['camera']
-    return SensorSpec(CameraModel.from_fov(int(cam['width']), int(cam['height']),
-                                           float(cam['fov_deg'])),
-                      RadarConfig.from_dict(manifest['radar']))
+    return SensorSpec.from_dict({'camera': manifest['scenario']['camera'],
+                                 'radar': manifest['radar']}, 'manifest')
+
+
+def sensors_of_model_json(model: Mapping[str, Any], hfov_deg: float = 60.0,
+                          where: str = 'model.json') -> SensorSpec:
+    """A parsed ``model.json``'s ``sensors`` entry, else :func:`default_sensors` (``hfov_deg``:
+    the recipe's ``rvfn.camera_hfov_deg``)."""
+    if isinstance(model, Mapping) and 'sensors' in model:
+        return SensorSpec.from_dict(model['sensors'], f'{where}: sensors')
+    return default_sensors(hfov_deg)
 
 
 # ---- camera -------------------------------------------------------------------------------------
@@ -265,9 +272,9 @@ def resampled_radar_features(cube: np.ndarray, source: RadarConfig,
     return out
 
 
+
 def sensors_of_model(model_dir: Any, hfov_deg: float = 60.0) -> SensorSpec:
-    """A model folder's ``model.json`` ``sensors`` entry, else :func:`default_sensors`
-    (``hfov_deg``: the recipe's ``rvfn.camera_hfov_deg``)."""
+    """:func:`sensors_of_model_json` of a model folder (no ``model.json``: the defaults)."""
     import json
     from pathlib import Path
     p = Path(model_dir) / 'model.json'
@@ -275,6 +282,4 @@ def sensors_of_model(model_dir: Any, hfov_deg: float = 60.0) -> SensorSpec:
         model = json.loads(p.read_text()) if p.is_file() else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(str(p), f'unreadable ({exc})') from None
-    if isinstance(model, dict) and 'sensors' in model:
-        return SensorSpec.from_dict(model['sensors'], f'{p}: sensors')
-    return default_sensors(hfov_deg)
+    return sensors_of_model_json(model, hfov_deg, str(p))

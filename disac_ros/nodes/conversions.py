@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from disac_ros.core.errors import ConfigError
-from disac_ros.core.rf_config import RadarConfig
+from disac_ros.core.rf_config import RadarConfig, SPEED_OF_LIGHT_MPS
 from disac_ros.core.types import CLASS_IDS, CLASS_NAMES, SENSED_CAMERA, SENSED_RF, ObjectTruth, Pose
 
 # encoding -> channels. All are 8-bit; other encodings raise ValueError naming the encoding.
@@ -206,7 +206,7 @@ def msg_to_radar_config(msg: RfFrame) -> RadarConfig | None:
     slope = float(msg.bandwidth_hz) / float(msg.chirp_duration_s) if msg.chirp_duration_s else 0.0
     # Coverage is not part of the waveform: keep it inside the unambiguous range so the config
     # validates for a short-range radar too.
-    unambiguous = (float(msg.sample_rate_hz) * 299_792_458.0 / (2.0 * slope)) if slope > 0 else 1.0
+    unambiguous = (float(msg.sample_rate_hz) * SPEED_OF_LIGHT_MPS / (2.0 * slope)) if slope > 0 else 1.0
     try:
         return RadarConfig(carrier_frequency_hz=float(msg.carrier_frequency_hz),
                            bandwidth_hz=float(msg.bandwidth_hz), num_samples=samples,

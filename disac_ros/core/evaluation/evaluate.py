@@ -53,7 +53,7 @@ from disac_ros.core.detection_fusion import FusedDetections
 from disac_ros.core.evaluation.metrics import DetectionStats, FeatureError, fused_from_prediction
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import load_checkpoint
-from disac_ros.core.sensor_adapt import sensors_of_model
+from disac_ros.core.sensor_adapt import sensors_of_model_json
 from disac_ros.core.training import common
 from disac_ros.core.training.calibration import Calibration, load_calibration
 from disac_ros.core.training.data import AggregatorLabels, DeviceFrames
@@ -157,11 +157,12 @@ def prepare(checkpoint: str | Path, test: DisacDataset, recipe: Recipe | None = 
     (``sensor_adapt.py``), as ``device_node`` does, unless ``adapt_sensors`` is False."""
     ckpt = Path(checkpoint)
     recipe = recipe or load_recipe_of(ckpt)
-    sensors = sensors_of_model(ckpt, recipe.rvfn.camera_hfov_deg) if adapt_sensors else None
     common.set_threads(recipe.threads)
     model_json = ckpt / 'model.json'
-    shipped = json.loads(model_json.read_text()).get('shipped_decoder', 'mlp') \
-        if model_json.is_file() else 'mlp'
+    model = json.loads(model_json.read_text()) if model_json.is_file() else {}
+    shipped = model.get('shipped_decoder', 'mlp')
+    sensors = (sensors_of_model_json(model, recipe.rvfn.camera_hfov_deg, str(model_json))
+               if adapt_sensors else None)
     devs = [d for d in test.device_ids
             if (stage1_dir(ckpt, 'both', model_device(ckpt, d)) / 'checkpoint').is_dir()]
     if not devs:

@@ -41,8 +41,7 @@ from disac_ros.core.evaluation.metrics import DetectionStats
 from disac_ros.core.models.channel import WirelessChannel
 from disac_ros.core.models.checkpoint import save_checkpoint
 from disac_ros.core.models.losses import build_criterion
-from disac_ros.core.rf_config import RadarConfig
-from disac_ros.core.sensor_adapt import CameraModel, sensors_of_manifest, SensorSpec
+from disac_ros.core.sensor_adapt import sensors_of_manifest, SensorSpec
 from disac_ros.core.training import common
 from disac_ros.core.training.data import (AggregatorLabels, DeviceFrames, load_export,
                                           save_export)
@@ -76,10 +75,8 @@ def training_sensors(train: str | Path, train_scenes: Sequence[Any]) -> SensorSp
     if is_family_folder(train):
         spec = read_family_json(train).get('family_spec') or {}
         if 'camera' in spec:
-            cam = spec['camera']
-            return SensorSpec(CameraModel.from_fov(int(cam['width']), int(cam['height']),
-                                                   float(cam['fov_deg'])),
-                              RadarConfig.from_dict(spec.get('radar') or {}))
+            return SensorSpec.from_dict({'camera': spec['camera'],
+                                         'radar': spec.get('radar') or {}}, 'family_spec')
     return sensors_of_manifest(train_scenes[0].dataset.manifest)
 
 
